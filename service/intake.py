@@ -1,0 +1,253 @@
+"""Safe photo intake: identify by content, enforce limits before decoding, orient, shrink early.
+
+Every photo a stranger uploads passes through here first, in the API, the CLI and the batch job.
+The rules:
+- the format is decided from the file's own bytes (magic numbers), never its name or Content-Type;
+- the byte cap and the pixel cap are checked before any pixel is decoded, so a decompression bomb
+  is refused from its header alone;
+- large JPEGs are decoded at a reduced scale (libjpeg's DCT scaling through Pillow's draft mode):
+  the quality checks and the model need at most `working_side` pixels, never 12 megapixels;
+- EXIF orientation is applied, so what the model sees is what the buyer saw;
+- the photo id is the SHA-256 of the original bytes, which are kept byte-for-byte as evidence;
+  copies shown to people are re-encoded without any metadata (GPS above all).
+
+No web or database imports: this is part of the inference core.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import pillow_heif
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+pillow_heif.register_heif_opener()
+
+# Pillow's own bomb guard is a global that other code may change; our caps are explicit limits
+# checked on the header below, so Pillow's warning is only noise here.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF")
+_EXIF_GPS_IFD = 0x8825
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that shows the photo upright (as ImageOps.exif_transpose).
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+
+
+@dataclass(frozen=True)
+class IntakeLimits:
+    """Caps applied to every upload. Defaults suit phone photos (up to ~50 MP, ~25 MB)."""
+
+    max_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 64_000_000
+
+
+DEFAULT_LIMITS = IntakeLimits()
+
+
+class PhotoRejected(ValueError):
+    """A photo that cannot be used at all. `code` is one of the design's issue codes."""
+
+    def __init__(self, code: str, message: str, tip: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.tip = tip
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A decoded photo, ready for the quality checks and the model.
+
+    `image` is RGB, EXIF-oriented and no larger than the requested working side; `original_size`
+    is the full (oriented) size the camera wrote, which is what size-dependent checks must use.
+    """
+
+    photo_id: str
+    format: str
+    byte_size: int
+    original_size: tuple[int, int]
+    image: Image.Image
+    has_gps: bool
+    orientation: int
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The supported format that these leading bytes announce, or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF"
+    return None
+
+
+def _describe_unsupported(head: bytes) -> str:
+    """A buyer-readable name for a file we refuse, so the message says what it was."""
+    stripped = head.lstrip()
+    known = (
+        (b"GIF8", "a GIF"),
+        (b"BM", "a BMP"),
+        (b"II*\x00", "a TIFF"),
+        (b"MM\x00*", "a TIFF"),
+        (b"%PDF", "a PDF document"),
+        (b"<svg", "an SVG drawing"),
+        (b"<?xml", "an XML/SVG document"),
+    )
+    for magic, name in known:
+        if stripped.startswith(magic):
+            return name
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        return "a video or an unsupported HEIF variant"
+    return "not a photo we can read"
+
+
+def _reject_unsupported(head: bytes) -> PhotoRejected:
+    return PhotoRejected(
+        "unsupported_format",
+        f"This file is {_describe_unsupported(head)}. We accept JPEG, PNG, WebP and HEIC photos.",
+        "Upload the photo straight from your camera or gallery (JPEG or HEIC), not a screenshot "
+        "of a document or an animation.",
+    )
+
+
+def _reject_corrupt(detail: str) -> PhotoRejected:
+    return PhotoRejected(
+        "corrupt",
+        f"This photo could not be read: {detail}.",
+        "The file may have been cut short while uploading. Take or export the photo again and "
+        "upload the new file.",
+    )
+
+
+def _check_bytes(data: bytes, limits: IntakeLimits) -> str:
+    if not data:
+        raise _reject_corrupt("the file is empty")
+    if len(data) > limits.max_bytes:
+        raise PhotoRejected(
+            "file_too_large",
+            f"This file is {len(data) / 1e6:.1f} MB; the limit is {limits.max_bytes / 1e6:.0f} MB.",
+            "Upload the photo at your camera's normal size, or share it as a smaller copy.",
+        )
+    image_format = sniff_format(data[:32])
+    if image_format is None:
+        raise _reject_unsupported(data[:32])
+    return image_format
+
+
+def _check_pixels(size: tuple[int, int], limits: IntakeLimits) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise _reject_corrupt("it reports no pixels")
+    if width * height > limits.max_pixels:
+        raise PhotoRejected(
+            "too_many_pixels",
+            f"This image claims {width}x{height} pixels, more than the "
+            f"{limits.max_pixels / 1e6:.0f} megapixels we accept.",
+            "Upload an ordinary camera photo; panoramas and generated images this large are not "
+            "accepted.",
+        )
+
+
+def _read_orientation_and_gps(image: Image.Image) -> tuple[int, bool]:
+    try:
+        exif = image.getexif()
+        orientation = int(exif.get(_EXIF_ORIENTATION, 1) or 1)
+        has_gps = bool(exif.get_ifd(_EXIF_GPS_IFD))
+    except Exception:  # malformed EXIF must not make a readable photo unusable
+        return 1, False
+    return (orientation if 1 <= orientation <= 8 else 1), has_gps
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB pixels; transparency is flattened onto white, as a viewer would show it."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit and float images: scale to 8 bits before the colour conversion clips them.
+        return ImageOps.autocontrast(image.convert("F").convert("L")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _decode(data: bytes, limits: IntakeLimits, target_side: int | None) -> Photo:
+    image_format = _check_bytes(data, limits)
+    try:
+        image = Image.open(io.BytesIO(data), formats=[image_format])
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise _reject_corrupt(f"its {image_format} header is damaged") from None
+    except Exception as error:  # any other decoder complaint about the header
+        raise _reject_corrupt(f"its {image_format} header is damaged ({error})") from None
+    # No `with`: closing would discard the decoded pixels, and a BytesIO needs no closing.
+    _check_pixels(image.size, limits)
+    orientation, has_gps = _read_orientation_and_gps(image)
+    width, height = image.size
+    original_size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    if target_side is not None and image_format == "JPEG" and max(width, height) > target_side:
+        # Ask libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) that still covers the target
+        # on the long side; this is where a 12 MP photo stops costing a full decode.
+        scale = target_side / max(width, height)
+        image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
+    try:
+        image.load()
+    except Exception as error:
+        raise _reject_corrupt(f"the image data is incomplete or damaged ({error})") from None
+    decoded = _to_rgb(image)
+    if orientation != 1:
+        decoded = decoded.transpose(_ORIENTATION_TRANSPOSE[orientation])
+    if target_side is not None and max(decoded.size) > target_side:
+        decoded.thumbnail((target_side, target_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return Photo(
+        photo_id=sha256_hex(data),
+        format=image_format,
+        byte_size=len(data),
+        original_size=original_size,
+        image=decoded,
+        has_gps=has_gps,
+        orientation=orientation,
+    )
+
+
+def open_photo(
+    data: bytes, *, limits: IntakeLimits = DEFAULT_LIMITS, working_side: int = 448
+) -> Photo:
+    """Validate and decode an uploaded photo; raises PhotoRejected with a buyer-facing reason."""
+    return _decode(data, limits, working_side)
+
+
+def display_copy(
+    data: bytes, *, limits: IntakeLimits = DEFAULT_LIMITS, max_side: int = 1600, quality: int = 85
+) -> bytes:
+    """A JPEG copy for people to look at: oriented, at most `max_side`, and with no metadata.
+
+    Pillow writes no EXIF, XMP or ICC block unless asked to, so nothing from the original (GPS,
+    camera serial, timestamps) can leave in the copy.
+    """
+    photo = _decode(data, limits, max_side)
+    buffer = io.BytesIO()
+    photo.image.save(buffer, format="JPEG", quality=quality, optimize=True)
+    return buffer.getvalue()

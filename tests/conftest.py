@@ -1,0 +1,58 @@
+"""Shared fixtures. Images are synthesised here, never downloaded."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or a skip that says why the test cannot run here."""
+    if not (SHARED_DATA / "grocery" / "manifest.csv").is_file():
+        pytest.skip(f"real data not available at {SHARED_DATA} (see ../shared/data/README.md)")
+    return SHARED_DATA
+
+
+def textured_image(width: int = 640, height: int = 480, seed: int = 0) -> Image.Image:
+    """A sharp, well-exposed synthetic 'product photo': smooth gradients plus shapes and texture."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack(
+        [
+            120 + 60 * np.sin(x / (23 + seed % 7)),
+            110 + 50 * np.cos(y / (31 + seed % 5)),
+            100 + 40 * np.sin((x + y) / 47),
+        ],
+        axis=-1,
+    )
+    for _ in range(12):
+        cx, cy = rng.integers(0, width), rng.integers(0, height)
+        r = rng.integers(min(width, height) // 20, min(width, height) // 5)
+        mask = (x - cx) ** 2 + (y - cy) ** 2 < r**2
+        base[mask] = rng.integers(20, 235, size=3)
+    base += rng.normal(0, 6, base.shape)
+    return Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **save_kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save_kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def sharp_jpeg() -> bytes:
+    return encode(textured_image(), "JPEG", quality=92)
