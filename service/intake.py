@@ -22,8 +22,9 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import pillow_heif
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 pillow_heif.register_heif_opener()
 
@@ -104,7 +105,7 @@ def sniff_format(head: bytes) -> str | None:
 
 def _describe_unsupported(head: bytes) -> str:
     """A buyer-readable name for a file we refuse, so the message says what it was."""
-    stripped = head.lstrip()
+    stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")  # a UTF-8 BOM or blank lines before a tag
     known = (
         (b"GIF8", "a GIF"),
         (b"BM", "a BMP"),
@@ -155,18 +156,22 @@ def _check_bytes(data: bytes, limits: IntakeLimits) -> str:
     return image_format
 
 
+def _reject_too_many_pixels(claimed: str, limits: IntakeLimits) -> PhotoRejected:
+    return PhotoRejected(
+        "too_many_pixels",
+        f"This image claims {claimed}, more than the "
+        f"{limits.max_pixels / 1e6:.0f} megapixels we accept.",
+        "Upload an ordinary camera photo; panoramas and generated images this large are not "
+        "accepted.",
+    )
+
+
 def _check_pixels(size: tuple[int, int], limits: IntakeLimits) -> None:
     width, height = size
     if width <= 0 or height <= 0:
         raise _reject_corrupt("it reports no pixels")
     if width * height > limits.max_pixels:
-        raise PhotoRejected(
-            "too_many_pixels",
-            f"This image claims {width}x{height} pixels, more than the "
-            f"{limits.max_pixels / 1e6:.0f} megapixels we accept.",
-            "Upload an ordinary camera photo; panoramas and generated images this large are not "
-            "accepted.",
-        )
+        raise _reject_too_many_pixels(f"{width}x{height} pixels", limits)
 
 
 def _read_orientation_and_gps(image: Image.Image) -> tuple[int, bool]:
@@ -188,9 +193,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        # 16-bit and float images: scale to 8 bits before the colour conversion clips them.
-        return ImageOps.autocontrast(image.convert("F").convert("L")).convert("RGB")
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # 16-bit greyscale PNG: scale 0..65535 down to 0..255. A plain convert would clip every
+        # value above 255 to white, and stretching the contrast would hide a too-dark photo.
+        scaled = np.asarray(image, dtype=np.float32) * (255.0 / 65535.0)
+        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
 
@@ -198,15 +205,17 @@ def _decode(data: bytes, limits: IntakeLimits, target_side: int | None) -> Photo
     image_format = _check_bytes(data, limits)
     try:
         image = Image.open(io.BytesIO(data), formats=[image_format])
-    except (UnidentifiedImageError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:
+        # Pillow's own guard (about 179 MP) can fire inside open(), before our cap is consulted;
+        # it is still a bomb refused from the header alone, so it gets the same answer.
+        raise _reject_too_many_pixels("hundreds of megapixels", limits) from None
+    except UnidentifiedImageError:
         raise _reject_corrupt(f"its {image_format} header is damaged") from None
     except Exception as error:  # any other decoder complaint about the header
         raise _reject_corrupt(f"its {image_format} header is damaged ({error})") from None
     # No `with`: closing would discard the decoded pixels, and a BytesIO needs no closing.
     _check_pixels(image.size, limits)
-    orientation, has_gps = _read_orientation_and_gps(image)
     width, height = image.size
-    original_size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     if target_side is not None and image_format == "JPEG" and max(width, height) > target_side:
         # Ask libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) that still covers the target
         # on the long side; this is where a 12 MP photo stops costing a full decode.
@@ -216,6 +225,10 @@ def _decode(data: bytes, limits: IntakeLimits, target_side: int | None) -> Photo
         image.load()
     except Exception as error:
         raise _reject_corrupt(f"the image data is incomplete or damaged ({error})") from None
+    # EXIF is read only after the checked load: for PNG, getexif() decodes the whole image to
+    # find an eXIf chunk after the pixels, and a decoding error there must not be swallowed.
+    orientation, has_gps = _read_orientation_and_gps(image)
+    original_size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
     decoded = _to_rgb(image)
     if orientation != 1:
         decoded = decoded.transpose(_ORIENTATION_TRANSPOSE[orientation])

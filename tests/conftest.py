@@ -56,3 +56,8 @@ def encode(image: Image.Image, fmt: str = "JPEG", **save_kwargs: object) -> byte
 @pytest.fixture
 def sharp_jpeg() -> bytes:
     return encode(textured_image(), "JPEG", quality=92)
+
+
+# API and database fixtures (tests/api_server.py): `database_url` (SQLite, and PostgreSQL where
+# TRIAGE_TEST_POSTGRES_URL is set), `tiny_model_dir`, `api_server` (real uvicorn on a free port).
+from api_server import api_server, database_url, tiny_model_dir  # noqa: E402, F401

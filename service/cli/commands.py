@@ -6,4 +6,11 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    from service.cli import batch, check, demo, keys, score, serve
+
+    check.register(app)
+    serve.register(app)
+    demo.register(app)
+    keys.register(app)
+    score.register(app)
+    batch.register(app)

@@ -1,0 +1,79 @@
+"""The app factory: `create_app(settings)` wires routes, errors, logging, metrics and the
+lifespan that opens the database and loads the model once per process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import service
+from service.api.logs import RequestIdMiddleware, configure_logging
+from service.api.metrics import MetricsMiddleware
+from service.api.problems import install_problem_handlers
+from service.api.routes import claims, evidence, health, listings, photos, queue
+from service.api.runtime import Runtime
+from service.config import Settings
+
+WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+DESCRIPTION = """Scores the photo evidence of marketplace quality claims and orders the
+reviewers' queue. Authenticate with `Authorization: Bearer <API key>` (create keys with
+`triage keys create`). Every error is an `application/problem+json` document."""
+
+
+class _LateMetrics:
+    """Records request metrics once the lifespan has built the registry (it needs the model
+    version), while the middleware stack itself must be fixed when the app is created."""
+
+    def __init__(self, app: ASGIApp, owner: FastAPI) -> None:
+        self.app = app
+        self.owner = owner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime: Runtime | None = getattr(self.owner.state, "runtime", None)
+        if runtime is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await MetricsMiddleware(self.app, runtime.metrics)(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(settings.log_level)
+        runtime = await run_in_threadpool(Runtime.start, settings)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await run_in_threadpool(runtime.close)
+            del app.state.runtime
+
+    app = FastAPI(
+        title="Evidence Triage",
+        version=service.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    for module in (health, listings, claims, evidence, queue, photos):
+        app.include_router(module.router)
+    if WEB_DIR.is_dir():
+        # The reviewer page (built separately); html=True serves index.html at /review/.
+        app.mount("/review", StaticFiles(directory=WEB_DIR, html=True), name="review")
+
+        @app.get("/", include_in_schema=False)
+        def home() -> RedirectResponse:
+            return RedirectResponse("/review/")
+
+    app.add_middleware(_LateMetrics, owner=app)
+    app.add_middleware(RequestIdMiddleware)
+    return app

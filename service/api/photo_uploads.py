@@ -1,0 +1,92 @@
+"""Uploaded files -> decoded photos (all or nothing) -> stored originals.
+
+A request whose files include one that intake refuses is refused as a whole, with one entry per
+bad file, so a buyer never ends up with half their evidence stored and nothing changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from service.api.metrics import Metrics
+from service.api.problems import ProblemError
+from service.api.uploads import UploadedFile
+from service.db import crud
+from service.db.models import Photo as PhotoRow
+from service.intake import IntakeLimits, Photo, PhotoRejected, open_photo
+from service.store import PhotoStore
+
+# Refusals that are about size rather than content get 413, like the streaming cap.
+_SIZE_CODES = {"file_too_large", "too_many_pixels"}
+
+
+@dataclass(frozen=True)
+class AcceptedPhoto:
+    filename: str | None
+    data: bytes
+    photo: Photo
+
+
+def accept_photos(
+    files: list[UploadedFile], *, limits: IntakeLimits, metrics: Metrics
+) -> list[AcceptedPhoto]:
+    accepted: list[AcceptedPhoto] = []
+    refused: list[dict[str, str | int | None]] = []
+    for number, upload in enumerate(files, start=1):
+        try:
+            photo = open_photo(upload.data, limits=limits)
+        except PhotoRejected as error:
+            metrics.photos_rejected.labels(error.code).inc()
+            refused.append(
+                {
+                    "index": number,
+                    "filename": upload.filename,
+                    "code": error.code,
+                    "message": error.message,
+                    "tip": error.tip,
+                }
+            )
+            continue
+        accepted.append(AcceptedPhoto(upload.filename, upload.data, photo))
+    if refused:
+        only_size = all(item["code"] in _SIZE_CODES for item in refused)
+        names = ", ".join(str(item["filename"] or f"file {item['index']}") for item in refused)
+        first = refused[0]
+        raise ProblemError(
+            413 if only_size else 422,
+            str(first["code"]) if len(refused) == 1 else "photos_rejected",
+            "Photo refused" if len(refused) == 1 else "Photos refused",
+            f"{names}: {first['message']}"
+            if len(refused) == 1
+            else (
+                f"{len(refused)} of {len(files)} files cannot be used ({names}); nothing was "
+                "stored."
+            ),
+            files=refused,
+        )
+    return accepted
+
+
+def store_photo(
+    session: Session,
+    *,
+    store: PhotoStore,
+    accepted: AcceptedPhoto,
+    perceptual_hash: str | None,
+    now: datetime,
+) -> PhotoRow:
+    """Write the original (idempotent, content-addressed) and its metadata row."""
+    photo_id = store.put(accepted.data)
+    return crud.get_or_add_photo(
+        session,
+        photo_id=photo_id,
+        image_format=accepted.photo.format,
+        byte_size=accepted.photo.byte_size,
+        size=accepted.photo.original_size,
+        has_gps=accepted.photo.has_gps,
+        perceptual_hash=perceptual_hash,
+        now=now,
+    )

@@ -1,0 +1,277 @@
+"""Evidence: upload and score a claim's photos; the buyer-side quality check (no state kept)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+
+from service.api import schemas, views
+from service.api.deps import BuyerKey, RuntimeDep
+from service.api.photo_uploads import AcceptedPhoto, accept_photos, store_photo
+from service.api.problems import ProblemError
+from service.api.routes.claims import actor, load_claim
+from service.api.routes.listings import MULTIPART_FILES
+from service.api.runtime import Runtime, claim_of_ref, evidence_ref, format_hash, utcnow
+from service.api.triage import retriage
+from service.api.uploads import MultipartBody, read_multipart
+from service.assessment import PhotoAssessment
+from service.checks import DUPLICATE_ACROSS_CLAIMS, check_photo
+from service.db import crud
+from service.db.models import ApiKey, ClaimPhoto
+from service.db.session import transaction
+from service.duplicates import DuplicateMatch, perceptual_hash
+from service.intake import Photo, PhotoRejected, open_photo
+from service.quality import QualityIssue, rejection_issue
+
+router = APIRouter(tags=["evidence"])
+ClaimId = Annotated[str, Path(min_length=1, max_length=64)]
+PROBLEMS = {code: {"model": schemas.Problem} for code in (400, 401, 403, 404, 409, 413, 415, 422)}
+MULTIPART_FILE = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "listing_id": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def with_duplicate_finding(
+    issues: Sequence[QualityIssue], matches: Sequence[DuplicateMatch]
+) -> tuple[QualityIssue, ...]:
+    """The findings plus `duplicate_across_claims` when the photo repeats another claim's, as
+    check_photo would add it (not on a nearly uniform frame, which matches every other)."""
+    codes = {issue.code for issue in issues}
+    if not matches or "low_detail" in codes or DUPLICATE_ACROSS_CLAIMS.code in codes:
+        return tuple(issues)
+    return (*issues, DUPLICATE_ACROSS_CLAIMS)
+
+
+def _listing_photos(runtime: Runtime, listing_id: str) -> list[Photo]:
+    with runtime.sessions() as session:
+        images = crud.listing_images_with_photos(session, listing_id=listing_id)
+    return [runtime.listing_photo(image.photo_id) for image, _ in images]
+
+
+def store_evidence(
+    runtime: Runtime, key: ApiKey, claim_id: str, body: MultipartBody
+) -> schemas.EvidencePublic:
+    """Decode (all or nothing), assess, store and re-triage (also used by `triage demo`)."""
+    with runtime.sessions() as session:
+        claim = load_claim(session, claim_id, key)
+        if claim.status == "resolved":
+            raise ProblemError(
+                409,
+                "claim_resolved",
+                "Claim already resolved",
+                f"Claim {claim_id} was decided; no more evidence is accepted.",
+            )
+        listing_id = claim.listing_id
+        already = {row.photo_id for row in crud.claim_photos(session, claim_id=claim_id)}
+    accepted = accept_photos(
+        body.files, limits=runtime.settings.limits.intake_limits(), metrics=runtime.metrics
+    )
+    fresh: dict[str, AcceptedPhoto] = {}
+    for item in accepted:  # the same photo twice (in this request or before) is kept once
+        if item.photo.photo_id not in already:
+            fresh.setdefault(item.photo.photo_id, item)
+    listing_photos = _listing_photos(runtime, listing_id)
+    own_refs = frozenset(evidence_ref(claim_id, photo_id) for photo_id in already | fresh.keys())
+    # The model runs outside the index lock so concurrent uploads can share micro-batches;
+    # only the duplicate look-up (fast, not thread-safe) is serialised.
+    scored = [
+        runtime.assessor.assess(item.photo, listing_photos=listing_photos)
+        for item in fresh.values()
+    ]
+    hashes = [perceptual_hash(item.photo.image) for item in fresh.values()]
+    matches = [
+        runtime.find_duplicates(item.photo, exclude_refs=own_refs) for item in fresh.values()
+    ]
+    assessments = [
+        replace(assessment, issues=with_duplicate_finding(assessment.issues, found))
+        for assessment, found in zip(scored, matches, strict=True)
+    ]
+    # Which other claims each photo repeats, named in the triage reasons.
+    duplicate_claims = [sorted({claim_of_ref(match.ref) for match in found}) for found in matches]
+    runtime.metrics.photos_scored.inc(len(assessments))
+    now = utcnow()
+    try:
+        rows, uploaded, triage = _record_evidence(
+            runtime, key, claim_id, fresh, assessments, hashes, duplicate_claims, accepted, now
+        )
+    except IntegrityError:
+        # Another upload of the same photo to this claim committed first.
+        raise ProblemError(
+            409,
+            "concurrent_upload",
+            "Concurrent upload",
+            "The same photo was being added to this claim by another request; retry.",
+        ) from None
+    with runtime.duplicates_lock:
+        for item, photo_hash in zip(fresh.values(), hashes, strict=True):
+            runtime.duplicates.add(photo_hash, evidence_ref(claim_id, item.photo.photo_id))
+    data = [views.assessment_public(row) for row in rows if row.photo_id in uploaded]
+    return schemas.EvidencePublic(claim_id=claim_id, data=data, count=len(data), triage=triage)
+
+
+def _record_evidence(
+    runtime: Runtime,
+    key: ApiKey,
+    claim_id: str,
+    fresh: dict[str, AcceptedPhoto],
+    assessments: list[PhotoAssessment],
+    hashes: list[int],
+    duplicate_claims: list[list[str]],
+    accepted: list[AcceptedPhoto],
+    now: datetime,
+) -> tuple[list[ClaimPhoto], set[str], schemas.TriagePublic]:
+    """One transaction: originals, assessments, new triage and the audit entry."""
+    with transaction(runtime.sessions) as session:
+        claim = load_claim(session, claim_id, key)
+        for item, assessment, photo_hash, repeats in zip(
+            fresh.values(), assessments, hashes, duplicate_claims, strict=True
+        ):
+            store_photo(
+                session,
+                store=runtime.store,
+                accepted=item,
+                perceptual_hash=format_hash(photo_hash),
+                now=now,
+            )
+            session.flush()
+            crud.add_claim_photo(
+                session,
+                claim_id=claim_id,
+                photo_id=item.photo.photo_id,
+                filename=item.filename,
+                damage=assessment.damage,
+                mismatch=assessment.mismatch,
+                match_similarity=assessment.match_similarity,
+                issues=[issue.to_dict() for issue in assessment.issues],
+                damage_map=assessment.heatmap.round(4).tolist(),
+                duplicate_claims=repeats,
+                model_version=assessment.model_version,
+                now=now,
+            )
+            session.flush()
+        if claim.status == "awaiting_evidence" and fresh:
+            claim.status = "escalated" if claim.escalated_at else "open"
+        claim.updated_at = now
+        retriage(session, claim, policy=runtime.policy, now=now)
+        crud.record_audit(
+            session,
+            actor=actor(key),
+            action="evidence_added",
+            claim_id=claim_id,
+            detail={
+                "photo_ids": list(fresh),
+                "model_version": runtime.model_version,
+                "lane": claim.lane,
+                "priority": claim.priority,
+            },
+            now=now,
+        )
+        rows = crud.claim_photos(session, claim_id=claim_id)
+        uploaded = {item.photo.photo_id for item in accepted}
+        triage = views.triage_public(claim, runtime.policy)
+    return rows, uploaded, triage
+
+
+@router.post(
+    "/v1/claims/{claim_id}/evidence",
+    status_code=201,
+    response_model=schemas.EvidencePublic,
+    responses=PROBLEMS,
+    openapi_extra=MULTIPART_FILES,
+    summary="Upload evidence photos (multipart field `files`); triage is recomputed",
+    description="All or nothing: if any file is refused at intake (not an image, corrupt, "
+    "unsupported, too large, too many pixels) nothing is stored and the problem document lists "
+    "each refused file. A photo already in the claim is not added twice.",
+)
+async def upload_evidence(
+    claim_id: ClaimId, request: Request, runtime: RuntimeDep, key: BuyerKey
+) -> schemas.EvidencePublic:
+    limits = runtime.settings.limits
+    body = await read_multipart(
+        request,
+        file_field="files",
+        max_files=limits.max_files_per_request,
+        max_file_bytes=limits.max_upload_bytes,
+    )
+    return await run_in_threadpool(store_evidence, runtime, key, claim_id, body)
+
+
+def _check(runtime: Runtime, key: ApiKey, body: MultipartBody) -> schemas.EvidenceCheckPublic:
+    del key  # any buyer may check a photo; nothing is stored
+    upload = body.files[0]
+    listing_id = body.fields.get("listing_id") or None
+    listing_photos: list[Photo] = []
+    if listing_id is not None:
+        with runtime.sessions() as session:
+            if crud.get_listing(session, listing_id=listing_id) is None:
+                raise ProblemError(
+                    422, "unknown_listing", "Unknown listing", f"There is no listing {listing_id}."
+                )
+        listing_photos = _listing_photos(runtime, listing_id)
+    try:
+        photo = open_photo(upload.data, limits=runtime.settings.limits.intake_limits())
+    except PhotoRejected as error:
+        # Still a problem document (4xx), carrying the issue in the same shape as a check
+        # result so the buyer's app can show its message and tip like any other finding.
+        size_refusal = error.code in ("file_too_large", "too_many_pixels")
+        raise ProblemError(
+            413 if size_refusal else 422,
+            error.code,
+            "Photo refused",
+            error.message,
+            issues=[rejection_issue(error).to_dict()],
+        ) from None
+    issues = with_duplicate_finding(
+        check_photo(photo, listing_photos=listing_photos),
+        runtime.find_duplicates(photo, exclude_refs=frozenset()),
+    )
+    public = [schemas.IssuePublic.model_validate(issue.to_dict()) for issue in issues]
+    return schemas.EvidenceCheckPublic(
+        photo_id=photo.photo_id,
+        filename=upload.filename,
+        format=photo.format,
+        width=photo.original_size[0],
+        height=photo.original_size[1],
+        usable=all(issue.severity != "blocker" for issue in public),
+        issues=public,
+    )
+
+
+@router.post(
+    "/v1/evidence/check",
+    response_model=schemas.EvidenceCheckPublic,
+    responses=PROBLEMS,
+    openapi_extra=MULTIPART_FILE,
+    summary="Instant quality feedback on one photo (multipart `file`, optional `listing_id`)",
+    description="Fast (no model run) and stateless. A file that is not a readable photo gets a "
+    "422 problem document whose `issues` holds the `unsupported_format` or `corrupt` finding "
+    "(message and retake tip); size caps give 413.",
+)
+async def check_evidence(
+    request: Request, runtime: RuntimeDep, key: BuyerKey
+) -> schemas.EvidenceCheckPublic:
+    limits = runtime.settings.limits
+    body = await read_multipart(
+        request, file_field="file", max_files=1, max_file_bytes=limits.max_upload_bytes
+    )
+    return await run_in_threadpool(_check, runtime, key, body)

@@ -1,0 +1,68 @@
+"""The reviewers' queue: open claims by priority, stale triage refreshed on read."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from service.api import schemas, views
+from service.api.cursors import decode_cursor, encode_cursor
+from service.api.deps import ReviewerKey, RuntimeDep
+from service.api.runtime import utcnow
+from service.api.triage import refresh_stale
+from service.db import crud
+from service.db.session import transaction
+
+router = APIRouter(prefix="/v1/queue", tags=["queue"])
+PROBLEMS = {code: {"model": schemas.Problem} for code in (400, 401, 403, 422)}
+
+
+@router.get(
+    "",
+    response_model=schemas.ClaimsPublic,
+    responses=PROBLEMS,
+    summary="Claims by priority, highest first",
+    description="Without `status`, every claim not yet resolved (open, escalated, "
+    "awaiting_evidence). Triage older than the refresh interval is recomputed first, so the "
+    "deadline part of the priority is current.",
+)
+def review_queue(
+    runtime: RuntimeDep,
+    key: ReviewerKey,
+    lane: schemas.Lane | None = None,
+    status: schemas.ClaimStatus | None = None,
+    reason: schemas.ClaimReason | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> schemas.ClaimsPublic:
+    del key
+    after = decode_cursor(cursor, shape=(int, datetime, str)) if cursor else None
+    now = utcnow()
+    max_age = timedelta(seconds=runtime.settings.triage_refresh_seconds)
+    with transaction(runtime.sessions) as session:
+        refresh_stale(session, policy=runtime.policy, now=now, max_age=max_age)
+    statuses = (status,) if status else crud.OPEN_STATUSES
+    with runtime.sessions() as session:
+        page = crud.queue_page(
+            session,
+            statuses=statuses,
+            lane=lane,
+            reason=reason,
+            limit=limit,
+            after=after,  # type: ignore[arg-type]  # shape checked by decode_cursor
+        )
+        data = [
+            views.claim_public(
+                claim, crud.claim_photos(session, claim_id=claim.claim_id), runtime.policy
+            )
+            for claim in page.rows
+        ]
+    last = page.rows[-1] if page.rows else None
+    next_cursor = (
+        encode_cursor(last.priority, last.opened_at, last.claim_id)
+        if page.has_more and last
+        else None
+    )
+    return schemas.ClaimsPublic(data=data, count=page.count, next_cursor=next_cursor)

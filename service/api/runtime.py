@@ -1,0 +1,158 @@
+"""Everything the app holds for its lifetime: database, photo store, model, duplicate index.
+
+Built once by the lifespan (`Runtime.start`), so the model is loaded once per process and a
+misconfiguration (bad database URL, missing model) stops start-up instead of the first request.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import numpy as np
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.api import triage
+from service.api.metrics import Metrics
+from service.assessment import Assessor, heatmap_overlay
+from service.batching import MicroBatcher
+from service.checks import find_duplicates
+from service.config import Settings
+from service.db import crud
+from service.db.crud import utcnow
+from service.db.migrate import upgrade_to_head
+from service.db.session import database_reachable, make_engine, make_session_factory, transaction
+from service.duplicates import DuplicateIndex, DuplicateMatch
+from service.engine import ScoringEngine
+from service.intake import Photo, open_photo
+from service.policy import PolicyConfig
+from service.store import PhotoStore
+
+logger = logging.getLogger("service.api")
+# Decoded listing images kept for mismatch and reuse checks (about 0.6 MB each at 448 px).
+LISTING_PHOTO_CACHE = 64
+
+
+def evidence_ref(claim_id: str, photo_id: str) -> str:
+    """The duplicate-index reference of a claim photo; the claim id is recoverable from it."""
+    return f"{claim_id}/{photo_id}"
+
+
+def claim_of_ref(ref: str) -> str:
+    return ref.split("/", 1)[0]
+
+
+def format_hash(photo_hash: int) -> str:
+    """A 64-bit perceptual hash as stored in the database (16 hex digits)."""
+    return f"{photo_hash:016x}"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db_engine: Engine
+    sessions: sessionmaker[Session]
+    store: PhotoStore
+    batcher: MicroBatcher
+    assessor: Assessor
+    policy: PolicyConfig
+    duplicates: DuplicateIndex
+    metrics: Metrics
+    # The duplicate index is shared by concurrent uploads; queries and additions are serialised.
+    duplicates_lock: threading.Lock = field(default_factory=threading.Lock)
+    _listing_photos: OrderedDict[str, Photo] = field(default_factory=OrderedDict)
+    _listing_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def start(cls, settings: Settings) -> Runtime:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db_engine = make_engine(settings.resolved_database_url)
+        upgrade_to_head(db_engine)
+        sessions = make_session_factory(db_engine)
+        scoring = ScoringEngine.load(settings.model_dir)
+        batcher = MicroBatcher(scoring)
+        policy = settings.policy.for_card(scoring.card.thresholds)
+
+        def read_queue_depths() -> dict[str, int]:
+            with sessions() as session:
+                return crud.queue_depth_by_lane(session)
+
+        runtime = cls(
+            settings=settings,
+            db_engine=db_engine,
+            sessions=sessions,
+            store=PhotoStore(settings.photos_dir),
+            batcher=batcher,
+            assessor=Assessor(batcher),
+            policy=policy,
+            duplicates=DuplicateIndex(),
+            metrics=Metrics(
+                model_version=scoring.model_version, read_queue_depths=read_queue_depths
+            ),
+        )
+        runtime._load_duplicate_index()
+        with transaction(sessions) as session:
+            # The policy configuration may have changed since the last run.
+            refreshed = triage.refresh_stale(
+                session, policy=policy, now=utcnow(), max_age=timedelta(0)
+            )
+        logger.info(
+            "started",
+            extra={"model_version": scoring.model_version, "claims_retriaged": refreshed},
+        )
+        return runtime
+
+    def _load_duplicate_index(self) -> None:
+        with self.sessions() as session:
+            rows = crud.evidence_hashes(session)
+        with self.duplicates_lock:
+            for claim_id, photo_id, perceptual_hash in rows:
+                self.duplicates.add(int(perceptual_hash, 16), evidence_ref(claim_id, photo_id))
+
+    def find_duplicates(
+        self, photo: Photo, *, exclude_refs: Collection[str]
+    ) -> list[DuplicateMatch]:
+        """Earlier evidence photos this one nearly repeats, leaving out `exclude_refs`."""
+        with self.duplicates_lock:
+            return find_duplicates(photo, self.duplicates, exclude_refs=exclude_refs)
+
+    def listing_photo(self, photo_id: str) -> Photo:
+        """A listing image decoded as intake does; recently used ones are kept decoded."""
+        with self._listing_lock:
+            cached = self._listing_photos.get(photo_id)
+            if cached is not None:
+                self._listing_photos.move_to_end(photo_id)
+                return cached
+        photo = open_photo(self.store.get(photo_id))
+        with self._listing_lock:
+            self._listing_photos[photo_id] = photo
+            while len(self._listing_photos) > LISTING_PHOTO_CACHE:
+                self._listing_photos.popitem(last=False)
+        return photo
+
+    def render_heatmap(self, original: bytes, damage_map: list[list[float]]) -> bytes:
+        """PNG of the photo (as the model saw it) with the stored damage map laid over it."""
+        image = open_photo(original).image
+        overlay = heatmap_overlay(
+            image, np.asarray(damage_map, dtype=np.float32), self.batcher.engine.input_spec.size
+        )
+        buffer = io.BytesIO()
+        overlay.save(buffer, format="PNG", optimize=True)
+        return buffer.getvalue()
+
+    @property
+    def model_version(self) -> str:
+        return self.batcher.model_version
+
+    def ready(self) -> dict[str, bool]:
+        return {"model": self.batcher is not None, "database": database_reachable(self.db_engine)}
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.db_engine.dispose()

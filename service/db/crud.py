@@ -1,0 +1,471 @@
+"""Data access. Keyword-only functions taking a Session; they never commit (the caller owns the
+transaction) and never raise HTTP errors (routes decide what a missing row means)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from service import auth
+from service.db.models import (
+    ApiKey,
+    AuditEvent,
+    Claim,
+    ClaimPhoto,
+    Listing,
+    ListingImage,
+    Photo,
+    Review,
+)
+
+OPEN_STATUSES = ("open", "escalated", "awaiting_evidence")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting, as recorded in the audit log (the CLI acts as `system`)."""
+
+    key_id: str | None
+    role: str
+
+
+SYSTEM = Actor(key_id=None, role="system")
+
+
+# --- API keys -----------------------------------------------------------------------------------
+
+
+def create_api_key(session: Session, *, role: auth.Role, name: str, now: datetime) -> str:
+    """Store a new key (hashed) and return the plaintext key, which is never stored."""
+    key = auth.generate_key()
+    row = ApiKey(
+        key_id=new_id("key"),
+        name=name,
+        role=role.value,
+        key_hash=auth.hash_key(key),
+        display_prefix=auth.display_prefix(key),
+        created_at=now,
+    )
+    session.add(row)
+    record_audit(
+        session,
+        actor=SYSTEM,
+        action="key_created",
+        detail={"key_id": row.key_id, "role": row.role, "name": name},
+        now=now,
+    )
+    return key
+
+
+def find_active_key(session: Session, *, key: str) -> ApiKey | None:
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == auth.hash_key(key)))
+    if row is None or row.revoked_at is not None:
+        return None
+    return row
+
+
+def count_keys(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(ApiKey)) or 0
+
+
+# --- photos and listings ------------------------------------------------------------------------
+
+
+def get_or_add_photo(
+    session: Session,
+    *,
+    photo_id: str,
+    image_format: str,
+    byte_size: int,
+    size: tuple[int, int],
+    has_gps: bool,
+    perceptual_hash: str | None,
+    now: datetime,
+) -> Photo:
+    row = session.get(Photo, photo_id)
+    if row is not None and row.perceptual_hash is None:
+        # Stored first as a listing image, now used as evidence: index it from now on.
+        row.perceptual_hash = perceptual_hash
+    if row is None:
+        row = Photo(
+            photo_id=photo_id,
+            format=image_format,
+            byte_size=byte_size,
+            width=size[0],
+            height=size[1],
+            has_gps=has_gps,
+            perceptual_hash=perceptual_hash,
+            created_at=now,
+        )
+        session.add(row)
+    return row
+
+
+def get_photo(session: Session, *, photo_id: str) -> Photo | None:
+    return session.get(Photo, photo_id)
+
+
+def create_listing(
+    session: Session, *, listing_id: str, title: str, category: str | None, now: datetime
+) -> Listing:
+    row = Listing(listing_id=listing_id, title=title, category=category, created_at=now)
+    session.add(row)
+    return row
+
+
+def get_listing(session: Session, *, listing_id: str) -> Listing | None:
+    return session.get(Listing, listing_id)
+
+
+def listing_images_with_photos(
+    session: Session, *, listing_id: str
+) -> list[tuple[ListingImage, Photo]]:
+    rows = session.execute(
+        select(ListingImage, Photo)
+        .join(Photo, Photo.photo_id == ListingImage.photo_id)
+        .where(ListingImage.listing_id == listing_id)
+        .order_by(ListingImage.position)
+    )
+    return [(image, photo) for image, photo in rows]
+
+
+def add_listing_image(
+    session: Session, *, listing_id: str, photo_id: str, now: datetime
+) -> ListingImage:
+    existing = session.get(ListingImage, (listing_id, photo_id))
+    if existing is not None:
+        return existing
+    position = session.scalar(
+        select(func.count()).select_from(ListingImage).where(ListingImage.listing_id == listing_id)
+    )
+    row = ListingImage(
+        listing_id=listing_id, photo_id=photo_id, position=position or 0, created_at=now
+    )
+    session.add(row)
+    return row
+
+
+# --- claims -------------------------------------------------------------------------------------
+
+
+def get_claim(session: Session, *, claim_id: str) -> Claim | None:
+    return session.get(Claim, claim_id)
+
+
+def find_claim_by_idempotency_key(
+    session: Session, *, owner_key_id: str, idempotency_key: str
+) -> Claim | None:
+    return session.scalar(
+        select(Claim).where(
+            Claim.owner_key_id == owner_key_id, Claim.idempotency_key == idempotency_key
+        )
+    )
+
+
+def create_claim(
+    session: Session,
+    *,
+    owner_key_id: str,
+    listing_id: str,
+    order_ref: str,
+    reason: str,
+    resolution: str,
+    description: str | None,
+    amount: Decimal | None,
+    currency: str | None,
+    opened_at: datetime,
+    idempotency_key: str,
+    request_fingerprint: str,
+    now: datetime,
+) -> Claim:
+    row = Claim(
+        claim_id=new_id("clm"),
+        owner_key_id=owner_key_id,
+        listing_id=listing_id,
+        order_ref=order_ref,
+        reason=reason,
+        resolution=resolution,
+        description=description,
+        amount=amount,
+        currency=currency,
+        opened_at=opened_at,
+        created_at=now,
+        updated_at=now,
+        status="open",
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+        # Placeholder triage until the caller computes the real one in the same transaction.
+        support=None,
+        sufficiency="insufficient",
+        lane="needs_more_evidence",
+        priority=0,
+        reasons=[],
+        triaged_at=now,
+    )
+    session.add(row)
+    return row
+
+
+def claim_photos(session: Session, *, claim_id: str) -> list[ClaimPhoto]:
+    return list(
+        session.scalars(
+            select(ClaimPhoto).where(ClaimPhoto.claim_id == claim_id).order_by(ClaimPhoto.position)
+        )
+    )
+
+
+def claim_photo(session: Session, *, claim_id: str, photo_id: str) -> ClaimPhoto | None:
+    return session.get(ClaimPhoto, (claim_id, photo_id))
+
+
+def add_claim_photo(
+    session: Session,
+    *,
+    claim_id: str,
+    photo_id: str,
+    filename: str | None,
+    damage: float | None,
+    mismatch: float | None,
+    match_similarity: float | None,
+    issues: list[dict[str, Any]],
+    damage_map: list[list[float]] | None,
+    duplicate_claims: list[str],
+    model_version: str,
+    now: datetime,
+) -> ClaimPhoto:
+    position = session.scalar(
+        select(func.count()).select_from(ClaimPhoto).where(ClaimPhoto.claim_id == claim_id)
+    )
+    row = ClaimPhoto(
+        claim_id=claim_id,
+        photo_id=photo_id,
+        position=position or 0,
+        filename=filename,
+        damage=damage,
+        mismatch=mismatch,
+        match_similarity=match_similarity,
+        issues=issues,
+        damage_map=damage_map,
+        duplicate_claims=duplicate_claims,
+        model_version=model_version,
+        created_at=now,
+    )
+    session.add(row)
+    return row
+
+
+def photo_visible_to_owner(session: Session, *, photo_id: str, owner_key_id: str) -> bool:
+    """Whether this buyer has the photo in one of their claims (buyers see nothing else)."""
+    found = session.scalar(
+        select(ClaimPhoto.photo_id)
+        .join(Claim, Claim.claim_id == ClaimPhoto.claim_id)
+        .where(ClaimPhoto.photo_id == photo_id, Claim.owner_key_id == owner_key_id)
+        .limit(1)
+    )
+    return found is not None
+
+
+def claim_photo_for_heatmap(
+    session: Session, *, photo_id: str, owner_key_id: str | None
+) -> ClaimPhoto | None:
+    """The newest evidence row for this photo (restricted to an owner's claims if given)."""
+    query = (
+        select(ClaimPhoto)
+        .join(Claim, Claim.claim_id == ClaimPhoto.claim_id)
+        .where(ClaimPhoto.photo_id == photo_id)
+    )
+    if owner_key_id is not None:
+        query = query.where(Claim.owner_key_id == owner_key_id)
+    return session.scalar(query.order_by(ClaimPhoto.created_at.desc()).limit(1))
+
+
+def evidence_hashes(session: Session) -> list[tuple[str, str, str]]:
+    """(claim_id, photo_id, perceptual_hash) for every hashed evidence photo: what the duplicate
+    index is rebuilt from at start-up."""
+    rows = session.execute(
+        select(ClaimPhoto.claim_id, ClaimPhoto.photo_id, Photo.perceptual_hash)
+        .join(Photo, Photo.photo_id == ClaimPhoto.photo_id)
+        .where(Photo.perceptual_hash.is_not(None))
+    )
+    return [(claim_id, photo_id, phash) for claim_id, photo_id, phash in rows]
+
+
+def set_triage(
+    claim: Claim,
+    *,
+    support: float | None,
+    sufficiency: str,
+    lane: str,
+    priority: int,
+    reasons: Sequence[str],
+    now: datetime,
+) -> None:
+    claim.support = support
+    claim.sufficiency = sufficiency
+    claim.lane = lane
+    claim.priority = priority
+    claim.reasons = list(reasons)
+    claim.triaged_at = now
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[Claim]
+    count: int
+    has_more: bool
+
+
+def list_claims(
+    session: Session,
+    *,
+    owner_key_id: str | None,
+    limit: int,
+    after: tuple[datetime, str] | None,
+) -> Page:
+    """Claims newest first; `after` is the (created_at, claim_id) of the last row seen."""
+    scope = [] if owner_key_id is None else [Claim.owner_key_id == owner_key_id]
+    count = session.scalar(select(func.count()).select_from(Claim).where(*scope)) or 0
+    query = select(Claim).where(*scope)
+    if after is not None:
+        created_at, claim_id = after
+        query = query.where(
+            or_(
+                Claim.created_at < created_at,
+                and_(Claim.created_at == created_at, Claim.claim_id > claim_id),
+            )
+        )
+    rows = list(
+        session.scalars(query.order_by(Claim.created_at.desc(), Claim.claim_id).limit(limit + 1))
+    )
+    return Page(rows=rows[:limit], count=count, has_more=len(rows) > limit)
+
+
+def queue_page(
+    session: Session,
+    *,
+    statuses: Iterable[str],
+    lane: str | None,
+    reason: str | None,
+    limit: int,
+    after: tuple[int, datetime, str] | None,
+) -> Page:
+    """Claims by priority (highest first), then oldest opened, then id: a stable keyset order.
+
+    `after` is the (priority, opened_at, claim_id) of the last row of the previous page.
+    """
+    scope = [Claim.status.in_(list(statuses))]
+    if lane is not None:
+        scope.append(Claim.lane == lane)
+    if reason is not None:
+        scope.append(Claim.reason == reason)
+    count = session.scalar(select(func.count()).select_from(Claim).where(*scope)) or 0
+    query = select(Claim).where(*scope)
+    if after is not None:
+        priority, opened_at, claim_id = after
+        query = query.where(
+            or_(
+                Claim.priority < priority,
+                and_(Claim.priority == priority, Claim.opened_at > opened_at),
+                and_(
+                    Claim.priority == priority,
+                    Claim.opened_at == opened_at,
+                    Claim.claim_id > claim_id,
+                ),
+            )
+        )
+    ordered = query.order_by(Claim.priority.desc(), Claim.opened_at, Claim.claim_id)
+    rows = list(session.scalars(ordered.limit(limit + 1)))
+    return Page(rows=rows[:limit], count=count, has_more=len(rows) > limit)
+
+
+def stale_open_claims(session: Session, *, triaged_before: datetime) -> list[Claim]:
+    return list(
+        session.scalars(
+            select(Claim).where(Claim.status.in_(OPEN_STATUSES), Claim.triaged_at < triaged_before)
+        )
+    )
+
+
+def queue_depth_by_lane(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(Claim.lane, func.count()).where(Claim.status.in_(OPEN_STATUSES)).group_by(Claim.lane)
+    )
+    return {lane: count for lane, count in rows}
+
+
+def count_claims(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Claim)) or 0
+
+
+# --- reviews and audit --------------------------------------------------------------------------
+
+
+def create_review(
+    session: Session,
+    *,
+    claim_id: str,
+    reviewer_key_id: str,
+    decision: str,
+    amount: Decimal | None,
+    notes: str | None,
+    labels: list[dict[str, Any]],
+    now: datetime,
+) -> Review:
+    row = Review(
+        review_id=new_id("rev"),
+        claim_id=claim_id,
+        reviewer_key_id=reviewer_key_id,
+        decision=decision,
+        amount=amount,
+        notes=notes,
+        labels=labels,
+        created_at=now,
+    )
+    session.add(row)
+    return row
+
+
+def record_audit(
+    session: Session,
+    *,
+    actor: Actor,
+    action: str,
+    detail: dict[str, Any],
+    now: datetime,
+    claim_id: str | None = None,
+    listing_id: str | None = None,
+) -> AuditEvent:
+    row = AuditEvent(
+        claim_id=claim_id,
+        listing_id=listing_id,
+        actor_key_id=actor.key_id,
+        actor_role=actor.role,
+        action=action,
+        detail=detail,
+        created_at=now,
+    )
+    session.add(row)
+    return row
+
+
+def audit_trail(session: Session, *, claim_id: str) -> list[AuditEvent]:
+    return list(
+        session.scalars(
+            select(AuditEvent).where(AuditEvent.claim_id == claim_id).order_by(AuditEvent.event_id)
+        )
+    )

@@ -1,0 +1,289 @@
+"""Near-duplicate photos: perceptual hashes and an index that finds near copies fast.
+
+`perceptual_hash` is a 64-bit DCT hash (pHash): the signs of the lowest 8x8 frequencies of a
+32x32 greyscale thumbnail against their median. Re-encoding, resizing and mild colour changes
+leave those frequencies almost untouched, so copies land within a few bits of each other while
+different photos sit near 32 bits apart. pHash alone does not survive cropping (5% off each side
+already moves it about 12 bits), so a stored photo is indexed under several windows
+(`photo_windows`): the whole frame, centred crops keeping 90, 80 and 70% of each side, the frame
+without 10% of one edge, and without 10% of two adjacent edges. A copy cropped from it then
+hashes, whole, like one of those windows, and a lookup needs only the upload's whole-frame hash
+(querying with windows of the upload too would multiply the chances of a false match).
+
+`DuplicateIndex` answers "which stored hashes are within `max_distance` bits of this one?" with
+multi-index hashing (Norouzi et al., 2012): the 64 bits are cut into three chunks of 21-22 bits,
+and by the pigeonhole principle any hash within distance d of the query agrees with it to within
+floor(d / 3) bits on at least one chunk. Each chunk has a table (hashes sorted by that chunk), so
+a query probes a few hundred buckets by binary search instead of scanning every hash. New
+hashes go into log-structured segments (merged like a binary counter), so adding stays cheap
+and a query visits only a handful of segments.
+
+No web or database imports: this is part of the inference core.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+HASH_BITS = 64
+_HASH_SIDE = 32
+_LOW_FREQUENCIES = 8
+# The index's chunks: (shift, width) in bits. Multi-index hashing works best with chunks about
+# log2(N) bits wide; 21-22 bits suit an index of a few hundred thousand to tens of millions of
+# hashes (a million photos is 12 million window hashes), leaving a few entries per bucket.
+_CHUNKS: tuple[tuple[int, int], ...] = ((0, 21), (21, 21), (42, 22))
+# Segments smaller than this are scanned directly: cheaper than probing hundreds of buckets.
+_SCAN_BELOW = 4096
+# Windows a stored photo is indexed under: (left, top, right, bottom) as fractions of the frame.
+# Centred crops cover copies trimmed evenly on all sides (up to ~15%), one- and two-sided ones
+# copies trimmed unevenly; docs/quality.md has the recall per kind of crop that chose them. More
+# windows catch more uneven crops but cost memory: at a million photos each window is ~28 MB.
+WINDOWS: tuple[tuple[float, float, float, float], ...] = (
+    (0.0, 0.0, 1.0, 1.0),
+    (0.05, 0.05, 0.95, 0.95),
+    (0.10, 0.10, 0.90, 0.90),
+    (0.15, 0.15, 0.85, 0.85),
+    (0.10, 0.0, 1.0, 1.0),
+    (0.0, 0.0, 0.90, 1.0),
+    (0.0, 0.10, 1.0, 1.0),
+    (0.0, 0.0, 1.0, 0.90),
+    (0.10, 0.10, 1.0, 1.0),
+    (0.0, 0.0, 0.90, 0.90),
+    (0.10, 0.0, 1.0, 0.90),
+    (0.0, 0.10, 0.90, 1.0),
+)
+# Largest Hamming distance that still counts as "the same photo", chosen in docs/quality.md from
+# the distances between re-encoded / resized / cropped copies and between different photos.
+DUPLICATE_MAX_DISTANCE = 8
+
+_POPCOUNT_16 = np.array([bin(value).count("1") for value in range(1 << 16)], dtype=np.uint8)
+
+
+@lru_cache(maxsize=1)
+def _dct_matrix() -> np.ndarray:
+    """Orthonormal DCT-II basis for 32 samples; rows are frequencies."""
+    n = _HASH_SIDE
+    k = np.arange(n)[:, None]
+    x = np.arange(n)[None, :]
+    basis = np.cos(np.pi * (2 * x + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    basis[0] /= np.sqrt(2.0)
+    return basis.astype(np.float64)
+
+
+def perceptual_hash(image: Image.Image) -> int:
+    """64-bit DCT perceptual hash of `image` (any mode, any size)."""
+    thumbnail = image.convert("L").resize((_HASH_SIDE, _HASH_SIDE), Image.Resampling.BOX)
+    pixels = np.asarray(thumbnail, dtype=np.float64)
+    basis = _dct_matrix()
+    low = (basis @ pixels @ basis.T)[:_LOW_FREQUENCIES, :_LOW_FREQUENCIES].ravel()
+    # The DC term is the mean brightness: it carries no layout and is left out of the median.
+    bits = low > np.median(low[1:])
+    return int(sum(1 << index for index, bit in enumerate(bits) if bit))
+
+
+def photo_windows(image: Image.Image) -> tuple[int, ...]:
+    """Hashes of every window in WINDOWS, whole frame first: what a photo is stored under."""
+    width, height = image.size
+    grey = image.convert("L")
+    return tuple(
+        perceptual_hash(
+            grey.crop(
+                (
+                    round(left * width),
+                    round(top * height),
+                    round(right * width),
+                    round(bottom * height),
+                )
+            )
+        )
+        for left, top, right, bottom in WINDOWS
+    )
+
+
+def hamming_distance(first: int, second: int) -> int:
+    return (first ^ second).bit_count()
+
+
+def closest_distance(photo_hash: int, windows: Iterable[int]) -> int:
+    """Distance from an upload's whole-frame hash to the nearest window of another photo."""
+    return min((hamming_distance(photo_hash, window) for window in windows), default=HASH_BITS)
+
+
+def _popcount(values: np.ndarray) -> np.ndarray:
+    """Bits set in each uint64, by 16-bit table look-ups (portable across numpy versions)."""
+    total = np.zeros(values.shape, dtype=np.int64)
+    for shift in range(0, HASH_BITS, 16):
+        total += _POPCOUNT_16[(values >> np.uint64(shift)) & np.uint64(0xFFFF)]
+    return total
+
+
+def _probe_count(width: int, radius: int) -> int:
+    return sum(math.comb(width, bits) for bits in range(radius + 1))
+
+
+@lru_cache(maxsize=64)
+def _flip_masks(width: int, radius: int) -> np.ndarray:
+    """Every `width`-bit mask with at most `radius` bits set: the buckets to probe."""
+    masks = [0]
+    for bits in range(1, radius + 1):
+        masks.extend(
+            sum(1 << b for b in chosen) for chosen in itertools.combinations(range(width), bits)
+        )
+    return np.array(masks, dtype=np.int64)
+
+
+def _chunk_values(hashes: np.ndarray, shift: int, width: int) -> np.ndarray:
+    return ((hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class DuplicateMatch:
+    ref: str
+    distance: int
+
+
+class _Segment:
+    """An immutable run of hashes with, per chunk, the chunk values sorted and their order."""
+
+    def __init__(self, hashes: np.ndarray, ref_ids: np.ndarray) -> None:
+        self.hashes = hashes
+        self.ref_ids = ref_ids
+        self.tables: list[tuple[np.ndarray, np.ndarray]] = []
+        if len(hashes) >= _SCAN_BELOW:
+            for shift, width in _CHUNKS:
+                values = _chunk_values(hashes, shift, width)
+                order = np.argsort(values, kind="stable")
+                self.tables.append((values[order], order.astype(np.int32)))
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def matches(self, query: int, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ref ids, distances) of the entries within `max_distance` bits of `query`."""
+        radius = max_distance // len(_CHUNKS)
+        probes = sum(_probe_count(width, radius) for _, width in _CHUNKS)
+        if not self.tables or probes >= len(self.hashes):
+            candidates = np.arange(len(self.hashes))
+        else:
+            candidates = self._candidates(query, radius)
+        distances = _popcount(self.hashes[candidates] ^ np.uint64(query))
+        close = distances <= max_distance
+        return self.ref_ids[candidates[close]], distances[close]
+
+    def _candidates(self, query: int, radius: int) -> np.ndarray:
+        """Entries within `radius` bits of the query on at least one chunk."""
+        found = []
+        for (shift, width), (sorted_values, order) in zip(_CHUNKS, self.tables, strict=True):
+            buckets = ((query >> shift) & ((1 << width) - 1)) ^ _flip_masks(width, radius)
+            starts = np.searchsorted(sorted_values, buckets, side="left")
+            lengths = np.searchsorted(sorted_values, buckets, side="right") - starts
+            total = int(lengths.sum())
+            if total:
+                # Positions of every member of every probed bucket, without a Python loop.
+                begin = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+                found.append(order[begin + np.arange(total)])
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+def _concatenate(first: _Segment, second: _Segment) -> _Segment:
+    return _Segment(
+        np.concatenate([first.hashes, second.hashes]),
+        np.concatenate([first.ref_ids, second.ref_ids]),
+    )
+
+
+class DuplicateIndex:
+    """Hashes with a reference each (e.g. "claim_id/photo_id"), searchable by Hamming distance.
+
+    Additions collect in a short unsorted tail that queries scan directly; a full tail becomes
+    a segment, and segments of similar size are merged, so there are O(log N) of them and each
+    hash is re-sorted O(log N) times over its life. Not thread-safe: give each worker its own,
+    or hold a lock around add and query.
+    """
+
+    def __init__(self) -> None:
+        self._segments: list[_Segment] = []
+        # Entries point at refs by number: a photo is stored under several windows, and a
+        # Python string per hash would cost more than the hashes themselves.
+        self._refs: list[str] = []
+        self._ref_numbers: dict[str, int] = {}
+        self._tail: list[int] = []
+        self._tail_ref_ids: list[int] = []
+
+    def __len__(self) -> int:
+        """The number of stored hashes (a photo added with `add_photo` counts once per window)."""
+        return sum(len(segment) for segment in self._segments) + len(self._tail)
+
+    def _ref_number(self, ref: str) -> int:
+        number = self._ref_numbers.get(ref)
+        if number is None:
+            number = self._ref_numbers[ref] = len(self._refs)
+            self._refs.append(ref)
+        return number
+
+    def add(self, photo_hash: int, ref: str) -> None:
+        self._tail.append(photo_hash)
+        self._tail_ref_ids.append(self._ref_number(ref))
+        if len(self._tail) >= _SCAN_BELOW:
+            self._flush_tail()
+
+    def add_photo(self, windows: Iterable[int], ref: str) -> None:
+        """Store every window hash of one photo (see `photo_windows`) under `ref`."""
+        for window in windows:
+            self.add(window, ref)
+
+    def add_many(self, hashes: Sequence[int] | np.ndarray, refs: Sequence[str]) -> None:
+        """Bulk load (e.g. from the database at start-up): one sort instead of many merges."""
+        if len(hashes) != len(refs):
+            raise ValueError("one ref per hash")
+        self._flush_tail()
+        ref_ids = np.fromiter(
+            (self._ref_number(ref) for ref in refs), dtype=np.int32, count=len(refs)
+        )
+        self._push(_Segment(np.asarray(hashes, dtype=np.uint64), ref_ids))
+
+    def _flush_tail(self) -> None:
+        if self._tail:
+            segment = _Segment(
+                np.array(self._tail, dtype=np.uint64), np.array(self._tail_ref_ids, dtype=np.int32)
+            )
+            self._tail, self._tail_ref_ids = [], []
+            self._push(segment)
+
+    def _push(self, segment: _Segment) -> None:
+        """Add a segment, merging while the newest is at least half the size of the one before
+        it (a binary counter: segment sizes at least double going back in time)."""
+        self._segments.append(segment)
+        while len(self._segments) > 1 and 2 * len(self._segments[-1]) >= len(self._segments[-2]):
+            newest = self._segments.pop()
+            self._segments[-1] = _concatenate(self._segments[-1], newest)
+
+    def query(
+        self, photo_hash: int, max_distance: int = DUPLICATE_MAX_DISTANCE
+    ) -> list[DuplicateMatch]:
+        """Entries within `max_distance` bits, nearest first, one (the nearest) per ref."""
+        if not 0 <= max_distance < HASH_BITS:
+            raise ValueError(f"max_distance must be in 0..{HASH_BITS - 1}")
+        found = [segment.matches(photo_hash, max_distance) for segment in self._segments]
+        if self._tail:
+            tail = _Segment(
+                np.array(self._tail, dtype=np.uint64), np.array(self._tail_ref_ids, dtype=np.int32)
+            )
+            found.append(tail.matches(photo_hash, max_distance))
+        nearest: dict[str, int] = {}
+        for ref_ids, distances in found:
+            for ref_id, distance in zip(ref_ids.tolist(), distances.tolist(), strict=True):
+                ref = self._refs[ref_id]
+                if distance < nearest.get(ref, HASH_BITS + 1):
+                    nearest[ref] = distance
+        return [
+            DuplicateMatch(ref, distance)
+            for ref, distance in sorted(nearest.items(), key=lambda item: (item[1], item[0]))
+        ]

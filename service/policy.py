@@ -1,0 +1,332 @@
+"""Claim triage policy: support, sufficiency, lane, priority and the reasons for it.
+
+A pure function of the claim's facts, the configuration and the clock: no I/O, no model, no
+database, so the API, the batch job and the tests get the same answer from the same facts.
+
+The rules, in the order they are applied (design.md section 3):
+
+- A photo is *usable* when it was scored and no quality finding blocks it.
+- `sufficiency`: `insufficient` when no photo is usable; `weak` when fewer than the configured
+  number are usable (more for missing parts, where the photos are all the evidence there is) or
+  every usable photo carries a warning; `ok` otherwise.
+- `support`: damaged / defective -> the highest damage of a usable photo; wrong item / not as
+  described -> the highest mismatch combined with damage as a secondary signal
+  (1 - (1 - mismatch) * (1 - weight * damage)), None when the listing has no images to compare
+  with; missing parts -> None: the model cannot see what is absent, a human decides.
+- `lane`: suspicious when a photo reuses a listing image or another claim's photo (even a blocked
+  one); needs_more_evidence when insufficient; needs_review for missing parts or unknown support;
+  fast_track when support reaches the high threshold and sufficiency is ok; needs_more_evidence
+  when the evidence is weak and support below the low threshold; needs_review otherwise.
+- `priority` (0-100): a sum of weighted parts (deadline urgency, escalation, support, suspicion,
+  human check, insufficient evidence), clamped and rounded, every part with a reason; closed claims
+  get 0. Reasons are ordered by how much they contributed. Escalation adds its own points, so of
+  two claims otherwise equal the escalated one always ranks first.
+
+Thresholds default to the model card's (`PolicyConfig.for_card`) so that a retrained model with
+recalibrated thresholds moves the lanes with it; any of them can be pinned in configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, Field, NonNegativeFloat, PositiveInt
+
+Sufficiency = Literal["ok", "weak", "insufficient"]
+Lane = Literal["fast_track", "needs_review", "suspicious", "needs_more_evidence"]
+DAMAGE_REASONS = ("damaged", "defective")
+MISMATCH_REASONS = ("wrong_item", "not_as_described")
+MISSING_PARTS = "missing_parts"
+CLAIM_REASONS = (*DAMAGE_REASONS, *MISMATCH_REASONS, MISSING_PARTS)
+LISTING_REUSE = "listing_photo_reuse"
+DUPLICATE_ACROSS_CLAIMS = "duplicate_across_claims"
+
+
+class PriorityWeights(BaseModel):
+    """Points each part of the priority can add (or, if negative, take away)."""
+
+    deadline: float = Field(35.0, description="Full points when the deadline is due or past.")
+    escalated: float = Field(20.0, description="Points for a claim escalated to the platform.")
+    support: float = Field(25.0, description="Points times the support probability.")
+    suspicious: float = Field(15.0, description="Points when a photo reuses another's photo.")
+    human_check: float = Field(10.0, description="Points for claims only a human can judge.")
+    insufficient_evidence: float = Field(
+        -10.0, description="Points for claims waiting on the buyer for usable photos."
+    )
+
+
+class PolicyConfig(BaseModel):
+    """Triage weights and thresholds; nested in the service's Settings (TRIAGE_POLICY__...)."""
+
+    deadline_days: PositiveInt = Field(15, description="Deadline = opened_at + this many days.")
+    deadline_reason_days: NonNegativeFloat = Field(
+        5, description="Reasons mention the deadline once it is this close."
+    )
+    damage_high: float | None = Field(None, ge=0, le=1, description="Default: the model card's.")
+    damage_low: float | None = Field(None, ge=0, le=1, description="Default: the model card's.")
+    mismatch_high: float | None = Field(None, ge=0, le=1, description="Default: the model card's.")
+    mismatch_low: float | None = Field(None, ge=0, le=1, description="Default: the model card's.")
+    secondary_damage_weight: float = Field(
+        0.5, ge=0, le=1, description="How much damage counts for wrong item / not as described."
+    )
+    min_usable_photos: PositiveInt = Field(1, description="Usable photos for 'ok' evidence.")
+    missing_parts_min_photos: PositiveInt = Field(
+        2, description="Usable photos for 'ok' evidence of missing parts."
+    )
+    closed_statuses: tuple[str, ...] = Field(
+        ("resolved", "closed", "withdrawn"), description="Statuses that leave the queue."
+    )
+    weights: PriorityWeights = Field(default_factory=PriorityWeights)
+
+    def for_card(self, thresholds: object) -> PolicyConfig:
+        """This config with every unset threshold taken from a model card's `thresholds`."""
+        names = ("damage_high", "damage_low", "mismatch_high", "mismatch_low")
+        filled = {name: getattr(thresholds, name) for name in names if getattr(self, name) is None}
+        return self.model_copy(update=filled)
+
+
+class IssueLike(Protocol):
+    code: str
+    severity: str
+
+
+@dataclass(frozen=True)
+class PhotoFacts:
+    """What the policy needs to know about one photo. `index` is its 1-based position."""
+
+    index: int
+    damage: float | None
+    mismatch: float | None = None
+    issues: tuple[tuple[str, str], ...] = ()  # (code, severity)
+    duplicate_claims: tuple[str, ...] = ()  # other claims that already used this photo
+
+    @classmethod
+    def from_assessment(
+        cls, index: int, assessment: object, *, duplicate_claims: Iterable[str] = ()
+    ) -> PhotoFacts:
+        """Facts from a PhotoAssessment (or anything with damage, mismatch and issues)."""
+        issues: Sequence[IssueLike] = getattr(assessment, "issues", ())
+        return cls(
+            index=index,
+            damage=getattr(assessment, "damage", None),
+            mismatch=getattr(assessment, "mismatch", None),
+            issues=tuple((issue.code, issue.severity) for issue in issues),
+            duplicate_claims=tuple(duplicate_claims),
+        )
+
+    @property
+    def codes(self) -> frozenset[str]:
+        return frozenset(code for code, _ in self.issues)
+
+    @property
+    def usable(self) -> bool:
+        return self.damage is not None and all(severity != "blocker" for _, severity in self.issues)
+
+    @property
+    def clean(self) -> bool:
+        return self.usable and not self.issues
+
+
+@dataclass(frozen=True)
+class ClaimFacts:
+    reason: str
+    opened_at: datetime
+    status: str = "open"
+    escalated: bool = False
+    photos: Sequence[PhotoFacts] = field(default_factory=tuple)
+
+    @property
+    def is_escalated(self) -> bool:
+        return self.escalated or self.status == "escalated"
+
+
+@dataclass(frozen=True)
+class Triage:
+    support: float | None
+    sufficiency: Sufficiency
+    lane: Lane
+    priority: int
+    reasons: tuple[str, ...]
+    deadline: datetime
+
+
+@dataclass(frozen=True)
+class _Thresholds:
+    damage_high: float
+    damage_low: float
+    mismatch_high: float
+    mismatch_low: float
+
+
+@dataclass(frozen=True)
+class _Support:
+    value: float | None
+    reasons: tuple[str, ...]
+    high: float
+    low: float
+
+
+def triage_claim(facts: ClaimFacts, *, config: PolicyConfig, now: datetime) -> Triage:
+    """Support, sufficiency, lane, priority and reasons for one claim at time `now`."""
+    if facts.reason not in CLAIM_REASONS:
+        raise ValueError(f"unknown claim reason {facts.reason!r}; expected one of {CLAIM_REASONS}")
+    thresholds = _thresholds(config)
+    deadline = facts.opened_at + timedelta(days=config.deadline_days)
+    sufficiency, sufficiency_reasons = _sufficiency(facts, config)
+    support = _support(facts, thresholds, config)
+    suspicion_reasons = _suspicion(facts.photos)
+    lane = _lane(facts, sufficiency, support, bool(suspicion_reasons))
+    if facts.status in config.closed_statuses:
+        return Triage(
+            support=support.value,
+            sufficiency=sufficiency,
+            lane=lane,
+            priority=0,
+            reasons=(f"claim is {facts.status}",),
+            deadline=deadline,
+        )
+    weights = config.weights
+    parts: list[tuple[float, tuple[str, ...]]] = [
+        _deadline_part(deadline, now, config),
+        (weights.escalated, ("escalated",)) if facts.is_escalated else (0.0, ()),
+        (weights.support * (support.value or 0.0), support.reasons),
+        (weights.suspicious, suspicion_reasons) if suspicion_reasons else (0.0, ()),
+        (weights.human_check, ("missing parts: only a human can check what is absent",))
+        if facts.reason == MISSING_PARTS
+        else (0.0, ()),
+        (weights.insufficient_evidence, ()) if sufficiency == "insufficient" else (0.0, ()),
+        (0.0, sufficiency_reasons),
+    ]
+    points = sum(value for value, _ in parts)
+    # Stable sort: equal contributions keep the order above (deadline first).
+    ordered = sorted(parts, key=lambda part: -abs(part[0]))
+    reasons = tuple(reason for _, part_reasons in ordered for reason in part_reasons)
+    return Triage(
+        support=support.value,
+        sufficiency=sufficiency,
+        lane=lane,
+        priority=round(min(100.0, max(0.0, points))),
+        reasons=reasons,
+        deadline=deadline,
+    )
+
+
+def _thresholds(config: PolicyConfig) -> _Thresholds:
+    values = {
+        "damage_high": config.damage_high,
+        "damage_low": config.damage_low,
+        "mismatch_high": config.mismatch_high,
+        "mismatch_low": config.mismatch_low,
+    }
+    unset = [name for name, value in values.items() if value is None]
+    if unset:
+        raise ValueError(
+            f"policy thresholds {unset} are unset: use config.for_card(card.thresholds)"
+        )
+    return _Thresholds(**values)  # type: ignore[arg-type]  # checked not None above
+
+
+def _sufficiency(facts: ClaimFacts, config: PolicyConfig) -> tuple[Sufficiency, tuple[str, ...]]:
+    usable = [photo for photo in facts.photos if photo.usable]
+    if not facts.photos:
+        return "insufficient", ("no photos yet",)
+    if not usable:
+        return "insufficient", (f"no usable photo: all {len(facts.photos)} blocked by quality",)
+    needed = (
+        config.missing_parts_min_photos
+        if facts.reason == MISSING_PARTS
+        else config.min_usable_photos
+    )
+    if len(usable) < needed:
+        return "weak", (f"only {len(usable)} usable photo{_plural(len(usable))}, {needed} needed",)
+    if not any(photo.clean for photo in usable):
+        problems = sorted({code for photo in usable for code in photo.codes})
+        return "weak", (f"every usable photo has quality warnings ({', '.join(problems)})",)
+    return "ok", ()
+
+
+def _support(facts: ClaimFacts, thresholds: _Thresholds, config: PolicyConfig) -> _Support:
+    usable = [photo for photo in facts.photos if photo.usable]
+    if facts.reason in DAMAGE_REASONS:
+        if not usable:
+            return _Support(None, (), thresholds.damage_high, thresholds.damage_low)
+        best = max(usable, key=lambda photo: photo.damage or 0.0)
+        damage = best.damage or 0.0
+        return _Support(
+            damage,
+            (f"damage {damage:.2f} on photo {best.index}",),
+            thresholds.damage_high,
+            thresholds.damage_low,
+        )
+    if facts.reason in MISMATCH_REASONS:
+        compared = [photo for photo in usable if photo.mismatch is not None]
+        if not compared:
+            reasons = ("listing has no images to compare with",) if usable else ()
+            return _Support(None, reasons, thresholds.mismatch_high, thresholds.mismatch_low)
+        best = max(compared, key=lambda photo: photo.mismatch or 0.0)
+        mismatch = best.mismatch or 0.0
+        most_damaged = max(usable, key=lambda photo: photo.damage or 0.0)
+        damage = most_damaged.damage or 0.0
+        support = 1.0 - (1.0 - mismatch) * (1.0 - config.secondary_damage_weight * damage)
+        reasons = [f"mismatch {mismatch:.2f} on photo {best.index}"]
+        if damage >= thresholds.damage_low and config.secondary_damage_weight > 0:
+            reasons.append(f"damage {damage:.2f} on photo {most_damaged.index}")
+        return _Support(support, tuple(reasons), thresholds.mismatch_high, thresholds.mismatch_low)
+    return _Support(None, (), thresholds.damage_high, thresholds.damage_low)
+
+
+def _suspicion(photos: Sequence[PhotoFacts]) -> tuple[str, ...]:
+    reasons: list[str] = []
+    for photo in photos:
+        if photo.duplicate_claims:
+            reasons.extend(
+                f"photo {photo.index} reuses a photo from claim {claim_id}"
+                for claim_id in photo.duplicate_claims
+            )
+        elif DUPLICATE_ACROSS_CLAIMS in photo.codes:
+            reasons.append(f"photo {photo.index} reuses a photo from another claim")
+        if LISTING_REUSE in photo.codes:
+            reasons.append(f"photo {photo.index} is the seller's listing photo")
+    return tuple(reasons)
+
+
+def _lane(facts: ClaimFacts, sufficiency: Sufficiency, support: _Support, suspicious: bool) -> Lane:
+    # Reuse first: a claim whose only photo is someone else's is suspicious, not merely short
+    # of evidence, even when the checks block that photo.
+    if suspicious:
+        return "suspicious"
+    if sufficiency == "insufficient":
+        return "needs_more_evidence"
+    if facts.reason == MISSING_PARTS or support.value is None:
+        return "needs_review"
+    if support.value >= support.high and sufficiency == "ok":
+        return "fast_track"
+    if sufficiency == "weak" and support.value < support.low:
+        return "needs_more_evidence"
+    return "needs_review"
+
+
+def _deadline_part(
+    deadline: datetime, now: datetime, config: PolicyConfig
+) -> tuple[float, tuple[str, ...]]:
+    days_left = (deadline - now) / timedelta(days=1)
+    urgency = min(1.0, max(0.0, 1.0 - days_left / config.deadline_days))
+    points = config.weights.deadline * urgency
+    if days_left < 0:
+        overdue = math.ceil(-days_left)
+        return points, (f"deadline passed {overdue} day{_plural(overdue)} ago",)
+    if days_left > config.deadline_reason_days:
+        return points, ()
+    if days_left < 1:
+        hours = max(1, math.ceil(days_left * 24))
+        return points, (f"deadline in {hours} hour{_plural(hours)}",)
+    days = math.floor(days_left)
+    return points, (f"deadline in {days} day{_plural(days)}",)
+
+
+def _plural(count: int) -> str:
+    return "" if count == 1 else "s"

@@ -1,0 +1,324 @@
+"""Photo quality checks: pure metrics, thresholds fitted from data, and buyer-facing findings.
+
+Three layers, kept apart so each can be tested and tuned on its own:
+- metrics (`analysis_grey`, `sharpness`, `exposure`, `coarse_detail`, `measure`): numbers computed
+  from pixels, with no opinion about what is good;
+- thresholds (`QualityThresholds`): loaded from `quality_thresholds.json`, which
+  `training/quality_thresholds.py` writes from a labelled set of degraded grocery photos;
+- decisions (`quality_issues`): metrics compared with thresholds, with a precedence between
+  checks and a message and retake tip for each finding.
+
+Every resolution-dependent metric is measured on a greyscale copy whose longest side is
+`ANALYSIS_SIDE` pixels, so a threshold fitted on 348 px grocery photos means the same on a
+4000x3000 phone photo. `too_small` alone judges the original size the camera wrote.
+
+No web or database imports: this is part of the inference core.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from service.intake import Photo, PhotoRejected
+
+Severity = Literal["blocker", "warning"]
+
+# Longest side of the greyscale copy every metric is measured on. 256 keeps a little more detail
+# than the model's 224 input and is below the grocery photos' 348 px, so the fitting data is
+# always downscaled the same way a phone photo is; images smaller than this are not upscaled
+# (upscaling would fabricate blur), and they are too_small anyway.
+ANALYSIS_SIDE = 256
+# Side of the block-averaged grid `coarse_detail` looks at: coarse enough that sensor noise and
+# JPEG artefacts average out, fine enough to see an object against its background.
+DETAIL_GRID = 16
+
+THRESHOLDS_RESOURCE = "quality_thresholds.json"
+
+
+@dataclass(frozen=True)
+class QualityIssue:
+    """One finding about a photo, in the shape of design.md section 3."""
+
+    code: str
+    severity: Severity
+    message: str
+    tip: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+# --- metrics ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """Brightness statistics of the analysis copy, in 0..255 grey levels and pixel fractions."""
+
+    mean: float
+    p05: float
+    p95: float
+    shadow_clip: float  # fraction of pixels at or below 8
+    highlight_clip: float  # fraction of pixels at or above 247
+
+
+@dataclass(frozen=True)
+class QualityMetrics:
+    """Everything the decisions need, measured once per photo."""
+
+    width: int
+    height: int
+    sharpness: float
+    exposure: Exposure
+    detail: float
+
+
+def analysis_grey(image: Image.Image, side: int = ANALYSIS_SIDE) -> np.ndarray:
+    """Luma of `image` as float32, longest side at most `side` (downscaled with antialiasing)."""
+    grey = image.convert("L")
+    if max(grey.size) > side:
+        scale = side / max(grey.size)
+        size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+        # One filter at every scale (Pillow's resize is antialiased), so the fine detail left
+        # for `sharpness` depends on the scene, not on how far the photo had to shrink.
+        grey = grey.resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(grey, dtype=np.float32)
+
+
+def sharpness(grey: np.ndarray) -> float:
+    """Contrast-normalised focus measure: log10(var(Laplacian) / var(grey)).
+
+    The variance of the 4-neighbour Laplacian is the classic focus measure, but it scales with
+    the square of the contrast, so an under-exposed photo would read as blurry. Dividing by the
+    photo's own grey-level variance leaves the share of its contrast that sits in the finest
+    detail, which blur removes and exposure does not change. Measured on the analysis copy, so
+    the value does not depend on the camera's resolution.
+    """
+    if min(grey.shape) < 3:
+        return 0.0
+    laplacian = (
+        grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4.0 * grey[1:-1, 1:-1]
+    )
+    return float(np.log10((laplacian.var() + 1.0) / (grey.var() + 1.0)))
+
+
+def exposure(grey: np.ndarray) -> Exposure:
+    """Brightness statistics from a 256-bin histogram (faster than sorting for percentiles)."""
+    levels = np.clip(grey + 0.5, 0, 255).astype(np.uint8).ravel()
+    histogram = np.bincount(levels, minlength=256)
+    cumulative = np.cumsum(histogram) / levels.size
+    return Exposure(
+        mean=float(levels.mean()),
+        p05=float(np.searchsorted(cumulative, 0.05)),
+        p95=float(np.searchsorted(cumulative, 0.95)),
+        shadow_clip=float(cumulative[8]),
+        highlight_clip=float(1.0 - cumulative[246]),
+    )
+
+
+def coarse_detail(grey: np.ndarray, grid: int = DETAIL_GRID) -> float:
+    """Coefficient of variation (std / mean) of a grid x grid block-averaged copy: how much
+    large-scale structure (an object against a background) the photo holds. Noise and fine
+    texture average out, so a blank wall or a covered lens scores near zero; dividing by the
+    mean makes it independent of exposure, which has checks of its own.
+    """
+    height, width = grey.shape
+    if height < grid or width < grid:
+        return float(grey.std() / (grey.mean() + 1.0))
+    row_starts = np.linspace(0, height, grid, endpoint=False).astype(int)
+    col_starts = np.linspace(0, width, grid, endpoint=False).astype(int)
+    sums = np.add.reduceat(np.add.reduceat(grey, row_starts, axis=0), col_starts, axis=1)
+    counts = np.outer(np.diff(row_starts, append=height), np.diff(col_starts, append=width))
+    blocks = sums / counts
+    return float(blocks.std() / (blocks.mean() + 1.0))
+
+
+def measure(photo: Photo) -> QualityMetrics:
+    grey = analysis_grey(photo.image)
+    width, height = photo.original_size
+    return QualityMetrics(
+        width=width,
+        height=height,
+        sharpness=sharpness(grey),
+        exposure=exposure(grey),
+        detail=coarse_detail(grey),
+    )
+
+
+# --- thresholds -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Decision thresholds. The shipped values are fitted by training/quality_thresholds.py.
+
+    A photo is `too_small` when its shorter original side is below `min_short_side`,
+    `low_detail` when its coarse detail is below `low_detail`, `too_dark` when its
+    95th-percentile brightness is below `dark_warning` (a blocker below `dark_blocker`),
+    `overexposed` when the fraction of clipped highlights is above `bright_warning`
+    (`bright_blocker`), and `blurry` when its sharpness is below `blurry_warning`
+    (`blurry_blocker`). The defaults are only a fallback for a missing JSON file.
+    """
+
+    min_short_side: int = 224
+    low_detail: float = 0.1
+    dark_warning: float = 130.0
+    dark_blocker: float = 80.0
+    bright_warning: float = 0.05
+    bright_blocker: float = 0.2
+    blurry_warning: float = -1.4
+    blurry_blocker: float = -2.0
+    provenance: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QualityThresholds:
+        values = dict(data["thresholds"])
+        return cls(**values, provenance=dict(data.get("provenance", {})))
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        provenance = values.pop("provenance")
+        return {"thresholds": values, "provenance": provenance}
+
+
+def load_thresholds() -> QualityThresholds:
+    """The thresholds shipped inside the package (service/quality_thresholds.json)."""
+    text = resources.files("service").joinpath(THRESHOLDS_RESOURCE).read_text(encoding="utf-8")
+    return QualityThresholds.from_dict(json.loads(text))
+
+
+DEFAULT_THRESHOLDS = load_thresholds()
+
+
+# --- decisions --------------------------------------------------------------------------------
+
+_RETAKE_SMALL = (
+    "Send the original photo from your camera or gallery, not a thumbnail or a screenshot, "
+    "and fill the frame with the item."
+)
+_RETAKE_BLUR = (
+    "Hold the phone steady (lean on something), tap the item on screen to focus, and keep about "
+    "30 cm away; wipe the lens if the picture looks hazy."
+)
+_RETAKE_DARK = (
+    "Move to a bright room or near a window, or switch on the flash, and make sure your shadow "
+    "is not on the item."
+)
+_RETAKE_BRIGHT = (
+    "Step out of direct sunlight or away from the lamp, turn the flash off, and tap the item on "
+    "screen so the camera sets the exposure for it."
+)
+_RETAKE_DETAIL = (
+    "Make sure the item fills most of the frame and nothing covers the lens; photograph the "
+    "problem up close and a second photo of the whole item."
+)
+
+
+def _too_small(metrics: QualityMetrics, limits: QualityThresholds) -> QualityIssue | None:
+    short_side = min(metrics.width, metrics.height)
+    if short_side >= limits.min_short_side:
+        return None
+    return QualityIssue(
+        "too_small",
+        "blocker",
+        f"This photo is only {metrics.width}x{metrics.height} pixels, too small to show the "
+        "problem clearly.",
+        _RETAKE_SMALL,
+    )
+
+
+def _exposure_issue(metrics: QualityMetrics, limits: QualityThresholds) -> QualityIssue | None:
+    light = metrics.exposure
+    if light.p95 < limits.dark_warning:
+        severe = light.p95 < limits.dark_blocker
+        return QualityIssue(
+            "too_dark",
+            "blocker" if severe else "warning",
+            "This photo is too dark to see the item."
+            if severe
+            else "This photo is rather dark; details of the item may be hard to see.",
+            _RETAKE_DARK,
+        )
+    if light.highlight_clip > limits.bright_warning:
+        severe = light.highlight_clip > limits.bright_blocker
+        return QualityIssue(
+            "overexposed",
+            "blocker" if severe else "warning",
+            "This photo is so bright that the item is washed out."
+            if severe
+            else "This photo is very bright; some details may be washed out.",
+            _RETAKE_BRIGHT,
+        )
+    return None
+
+
+def _low_detail(metrics: QualityMetrics, limits: QualityThresholds) -> QualityIssue | None:
+    if metrics.detail >= limits.low_detail:
+        return None
+    return QualityIssue(
+        "low_detail",
+        "blocker",
+        "We cannot make out an item in this photo; it looks almost uniform.",
+        _RETAKE_DETAIL,
+    )
+
+
+def _blurry(metrics: QualityMetrics, limits: QualityThresholds) -> QualityIssue | None:
+    if metrics.sharpness >= limits.blurry_warning:
+        return None
+    severe = metrics.sharpness < limits.blurry_blocker
+    return QualityIssue(
+        "blurry",
+        "blocker" if severe else "warning",
+        "This photo is too blurry to judge the item."
+        if severe
+        else "This photo is a little blurry; fine damage such as scratches may not show.",
+        _RETAKE_BLUR,
+    )
+
+
+def decide(metrics: QualityMetrics, thresholds: QualityThresholds) -> list[QualityIssue]:
+    """The findings for measured metrics, in the order a buyer should act on them.
+
+    too_small judges the original size and stands on its own. A nearly uniform photo
+    (low_detail) shows no item at all, so its brightness and sharpness are meaningless and are
+    not reported, except that a frame made uniform by blown-out highlights is called
+    overexposed, the cause the buyer can fix. Exposure and blur are measured independently of
+    each other (sharpness is contrast-normalised), so a dark, shaken photo gets both findings.
+    """
+    issues = [issue for issue in (_too_small(metrics, thresholds),) if issue]
+    detail = _low_detail(metrics, thresholds)
+    if detail is not None:
+        if metrics.exposure.highlight_clip > thresholds.bright_blocker:
+            detail = _exposure_issue(metrics, thresholds) or detail
+        return [*issues, detail]
+    return [
+        *issues,
+        *(
+            issue
+            for issue in (_exposure_issue(metrics, thresholds), _blurry(metrics, thresholds))
+            if issue
+        ),
+    ]
+
+
+def quality_issues(
+    photo: Photo, thresholds: QualityThresholds = DEFAULT_THRESHOLDS
+) -> list[QualityIssue]:
+    """too_small, too_dark / overexposed, low_detail and blurry findings for one photo."""
+    return decide(measure(photo), thresholds)
+
+
+_REJECTION_FALLBACK_TIP = "Upload a JPEG, PNG, WebP or HEIC photo taken with your camera."
+
+
+def rejection_issue(error: PhotoRejected) -> QualityIssue:
+    """The finding for a photo intake refused (corrupt, unsupported_format, too_many_pixels,
+    file_too_large): always a blocker, with intake's own buyer-facing message and tip."""
+    return QualityIssue(error.code, "blocker", error.message, error.tip or _REJECTION_FALLBACK_TIP)

@@ -1,0 +1,611 @@
+"""The API through a real uvicorn server, on SQLite and (where configured) PostgreSQL.
+
+Main flows: listing with images, idempotent claim creation, evidence upload and scores, queue
+order and paging, review decision and its audit entry; role checks; and every bad input of
+design.md section 5 answered by a 4xx problem document with nothing already stored changed.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import uuid
+import zlib
+from typing import Any
+
+import httpx
+import pytest
+from api_server import TEST_LIMITS, ApiServer, run_api_server
+from conftest import encode, textured_image
+from PIL import Image, ImageDraw, ImageFilter
+
+PROBLEM = "application/problem+json"
+
+
+def red_patch_jpeg(seed: int = 0) -> bytes:
+    """A sharp photo with a large red patch: the tiny test model reads red as damage."""
+    image = textured_image(seed=seed)
+    ImageDraw.Draw(image).rectangle((200, 140, 440, 380), fill=(255, 0, 0))
+    return encode(image, "JPEG", quality=92)
+
+
+def plain_jpeg(seed: int) -> bytes:
+    return encode(textured_image(seed=seed), "JPEG", quality=92)
+
+
+def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A tiny PNG whose header claims 2.5 gigapixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def assert_problem(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    body = response.json()
+    assert body["status"] == status
+    assert body["title"] and body["detail"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    if code is not None:
+        assert body["code"] == code, body
+    return body
+
+
+def files(*items: bytes, field: str = "files") -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [(field, (f"photo{i}.jpg", data, "image/jpeg")) for i, data in enumerate(items, 1)]
+
+
+def new_listing(server: ApiServer, *images: bytes) -> str:
+    listing_id = f"lst-{uuid.uuid4().hex[:10]}"
+    with server.client(server.keys["admin"]) as admin:
+        created = admin.post("/v1/listings", json={"listing_id": listing_id, "title": "Blue mug"})
+        assert created.status_code == 201, created.text
+        if images:
+            added = admin.post(f"/v1/listings/{listing_id}/images", files=files(*images))
+            assert added.status_code == 201, added.text
+            assert added.json()["count"] == len(images)
+    return listing_id
+
+
+def claim_body(listing_id: str, **overrides: Any) -> dict[str, Any]:
+    body = {
+        "listing_id": listing_id,
+        "order_ref": "ORD-1",
+        "reason": "damaged",
+        "resolution": "full_refund",
+        "amount": "20.00",
+        "currency": "EUR",
+    }
+    body.update(overrides)
+    return body
+
+
+def new_claim(server: ApiServer, listing_id: str, key: str | None = None, **overrides: Any) -> str:
+    with server.client(key or server.keys["buyer"]) as buyer:
+        response = buyer.post(
+            "/v1/claims",
+            json=claim_body(listing_id, **overrides),
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
+    assert response.status_code == 201, response.text
+    return response.json()["claim_id"]
+
+
+def stored_files(server: ApiServer) -> int:
+    return sum(1 for path in server.settings.photos_dir.rglob("*") if path.is_file())
+
+
+# --- operations -----------------------------------------------------------------------------
+
+
+def test_health_readiness_and_metrics(api_server: ApiServer) -> None:
+    with api_server.client() as anyone:
+        assert anyone.get("/healthz").json() == {"status": "ok"}
+        ready = anyone.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"model": True, "database": True}
+        anyone.get("/healthz")
+        metrics = anyone.get("/metrics").text
+    assert 'triage_http_request_duration_seconds_count{method="GET",route="/healthz"' in metrics
+    assert 'triage_model_info{version="tiny-test-0.0.1"} 1.0' in metrics
+    assert 'triage_queue_depth{lane="needs_review"}' in metrics
+    assert "triage_photos_scored_total" in metrics
+
+
+def test_openapi_documents_the_surface_with_examples(api_server: ApiServer) -> None:
+    with api_server.client() as anyone:
+        spec = anyone.get("/openapi.json").json()
+    for path in (
+        "/v1/listings",
+        "/v1/listings/{listing_id}/images",
+        "/v1/claims",
+        "/v1/claims/{claim_id}",
+        "/v1/claims/{claim_id}/evidence",
+        "/v1/claims/{claim_id}/escalate",
+        "/v1/evidence/check",
+        "/v1/queue",
+        "/v1/claims/{claim_id}/reviews",
+        "/v1/claims/{claim_id}/audit",
+        "/v1/photos/{photo_id}",
+        "/v1/photos/{photo_id}/heatmap.png",
+    ):
+        assert path in spec["paths"], path
+    assert spec["components"]["schemas"]["ClaimCreate"]["examples"][0]["reason"] == "damaged"
+    evidence = spec["paths"]["/v1/claims/{claim_id}/evidence"]["post"]
+    assert "multipart/form-data" in evidence["requestBody"]["content"]
+
+
+def test_request_id_is_echoed_or_generated(api_server: ApiServer) -> None:
+    with api_server.client() as anyone:
+        assert (
+            anyone.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"]
+            == "abc-123"
+        )
+        assert len(anyone.get("/healthz").headers["x-request-id"]) == 16
+
+
+# --- main flow ------------------------------------------------------------------------------
+
+
+def test_claim_lifecycle_from_listing_to_audited_decision(api_server: ApiServer) -> None:
+    listing_image = plain_jpeg(seed=11)
+    listing_id = new_listing(api_server, listing_image)
+    buyer = api_server.client(api_server.keys["buyer"])
+    reviewer = api_server.client(api_server.keys["reviewer"])
+    body = claim_body(listing_id)
+    headers = {"Idempotency-Key": f"idem-{uuid.uuid4().hex}"}
+
+    first = buyer.post("/v1/claims", json=body, headers=headers)
+    again = buyer.post("/v1/claims", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    claim_id = first.json()["claim_id"]
+    assert again.json()["claim_id"] == claim_id
+    assert again.headers["idempotent-replayed"] == "true"
+    assert first.json()["triage"]["lane"] == "needs_more_evidence"
+    mine = buyer.get("/v1/claims", params={"limit": 100}).json()
+    assert [claim["claim_id"] for claim in mine["data"]].count(claim_id) == 1
+
+    damaged = red_patch_jpeg(seed=3)
+    uploaded = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(damaged))
+    assert uploaded.status_code == 201, uploaded.text
+    evidence = uploaded.json()
+    assert evidence["count"] == 1
+    photo = evidence["data"][0]
+    assert photo["damage"] > 0.9
+    assert photo["mismatch"] is not None and photo["model_version"] == "tiny-test-0.0.1"
+    assert evidence["triage"]["support"] == pytest.approx(photo["damage"])
+    assert any("damage" in reason for reason in evidence["triage"]["reasons"])
+
+    claim = buyer.get(f"/v1/claims/{claim_id}").json()
+    assert [p["photo_id"] for p in claim["photos"]] == [photo["photo_id"]]
+    assert claim["triage"]["sufficiency"] in ("ok", "weak")
+
+    escalated = buyer.post(f"/v1/claims/{claim_id}/escalate")
+    assert escalated.status_code == 200 and escalated.json()["status"] == "escalated"
+    assert escalated.json()["triage"]["priority"] > claim["triage"]["priority"]
+
+    queue = reviewer.get("/v1/queue", params={"limit": 100}).json()
+    assert claim_id in [item["claim_id"] for item in queue["data"]]
+
+    review = reviewer.post(
+        f"/v1/claims/{claim_id}/reviews",
+        json={
+            "decision": "uphold_partial_refund",
+            "amount": "10.00",
+            "notes": "Visible damage.",
+            "labels": [{"photo_id": photo["photo_id"], "damage": True}],
+        },
+    )
+    assert review.status_code == 201, review.text
+    assert review.json()["claim_status"] == "resolved"
+    decided = reviewer.get(f"/v1/claims/{claim_id}").json()
+    assert decided["decision"] == "uphold_partial_refund"
+    assert decided["triage"]["priority"] == 0
+
+    audit = reviewer.get(f"/v1/claims/{claim_id}/audit").json()
+    actions = [event["action"] for event in audit["data"]]
+    assert actions == ["claim_created", "evidence_added", "claim_escalated", "review_recorded"]
+    decision = audit["data"][-1]
+    assert decision["detail"]["decision"] == "uphold_partial_refund"
+    assert decision["detail"]["labels"][0]["photo_id"] == photo["photo_id"]
+    assert decision["actor_role"] == "reviewer"
+
+    again = reviewer.post(f"/v1/claims/{claim_id}/reviews", json={"decision": "reject"})
+    assert_problem(again, 409, "claim_resolved")
+    buyer.close()
+    reviewer.close()
+
+
+def test_same_idempotency_key_with_another_body_is_a_conflict(api_server: ApiServer) -> None:
+    listing_id = new_listing(api_server)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        assert buyer.post("/v1/claims", json=claim_body(listing_id), headers=headers).is_success
+        other = buyer.post(
+            "/v1/claims", json=claim_body(listing_id, order_ref="ORD-2"), headers=headers
+        )
+        assert_problem(other, 409, "idempotency_key_reused")
+
+
+def test_idempotency_keys_are_per_buyer(api_server: ApiServer) -> None:
+    listing_id = new_listing(api_server)
+    headers = {"Idempotency-Key": f"shared-{uuid.uuid4().hex}"}
+    ids = set()
+    for name in ("buyer", "other_buyer"):
+        with api_server.client(api_server.keys[name]) as buyer:
+            response = buyer.post("/v1/claims", json=claim_body(listing_id), headers=headers)
+            assert response.status_code == 201
+            ids.add(response.json()["claim_id"])
+    assert len(ids) == 2
+
+
+def test_display_copy_and_heatmap(api_server: ApiServer) -> None:
+    listing_id = new_listing(api_server, plain_jpeg(seed=21))
+    claim_id = new_claim(api_server, listing_id)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        photo = buyer.post(
+            f"/v1/claims/{claim_id}/evidence", files=files(red_patch_jpeg(seed=5))
+        ).json()["data"][0]
+        copy = buyer.get(photo["url"])
+        assert copy.status_code == 200 and copy.headers["content-type"] == "image/jpeg"
+        decoded = Image.open(io.BytesIO(copy.content))
+        assert decoded.format == "JPEG" and not decoded.getexif()
+        heatmap = buyer.get(photo["heatmap_url"])
+        assert heatmap.status_code == 200 and heatmap.content.startswith(b"\x89PNG")
+    with api_server.client(api_server.keys["other_buyer"]) as stranger:
+        assert_problem(stranger.get(photo["url"]), 404, "photo_not_found")
+        assert_problem(stranger.get(photo["heatmap_url"]), 404, "photo_not_found")
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        assert reviewer.get(photo["url"]).status_code == 200
+
+
+def test_reused_photo_from_another_claim_is_flagged_suspicious(api_server: ApiServer) -> None:
+    listing_id = new_listing(api_server, plain_jpeg(seed=31))
+    photo = red_patch_jpeg(seed=33)
+    first = new_claim(api_server, listing_id)
+    second = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        assert buyer.post(f"/v1/claims/{first}/evidence", files=files(photo)).status_code == 201
+        # Uploading the same photo to the same claim again adds nothing and is not "reuse".
+        repeat = buyer.post(f"/v1/claims/{first}/evidence", files=files(photo)).json()
+        assert repeat["count"] == 1
+        assert all(i["code"] != "duplicate_across_claims" for i in repeat["data"][0]["issues"])
+    with api_server.client(api_server.keys["other_buyer"]) as other:
+        reused = other.post(f"/v1/claims/{second}/evidence", files=files(photo)).json()
+    codes = [issue["code"] for issue in reused["data"][0]["issues"]]
+    assert "duplicate_across_claims" in codes
+    assert reused["triage"]["lane"] == "suspicious"
+    assert any(first in reason for reason in reused["triage"]["reasons"])
+
+
+# --- the buyer-side check -------------------------------------------------------------------
+
+
+def test_evidence_check_gives_findings_without_storing(api_server: ApiServer) -> None:
+    listing_image = plain_jpeg(seed=41)
+    listing_id = new_listing(api_server, listing_image)
+    before = stored_files(api_server)
+    blurry = encode(textured_image(seed=42).filter(ImageFilter.GaussianBlur(8)), "JPEG")
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        sharp = buyer.post("/v1/evidence/check", files=files(plain_jpeg(42), field="file"))
+        assert sharp.status_code == 200, sharp.text
+        assert sharp.json()["usable"] is True
+        soft = buyer.post("/v1/evidence/check", files=files(blurry, field="file")).json()
+        assert "blurry" in [issue["code"] for issue in soft["issues"]]
+        reuse = buyer.post(
+            "/v1/evidence/check",
+            files=files(listing_image, field="file"),
+            data={"listing_id": listing_id},
+        ).json()
+        assert "listing_photo_reuse" in [issue["code"] for issue in reuse["issues"]]
+        refused = buyer.post("/v1/evidence/check", files=files(b"%PDF-1.7 hello", field="file"))
+        body = assert_problem(refused, 422, "unsupported_format")
+        assert body["issues"][0]["tip"]
+        two = buyer.post(
+            "/v1/evidence/check", files=files(plain_jpeg(1), plain_jpeg(2), field="file")
+        )
+        assert_problem(two, 413, "too_many_files")
+    assert stored_files(api_server) == before
+
+
+# --- queue ----------------------------------------------------------------------------------
+
+
+def test_queue_is_ordered_by_priority_and_pages_without_overlap(api_server: ApiServer) -> None:
+    listing_id = new_listing(api_server, plain_jpeg(seed=51))
+    from datetime import UTC, datetime, timedelta
+
+    old = (datetime.now(UTC) - timedelta(days=14)).isoformat()
+    urgent = new_claim(api_server, listing_id, opened_at=old)
+    fresh = new_claim(api_server, listing_id)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        buyer.post(f"/v1/claims/{urgent}/evidence", files=files(red_patch_jpeg(seed=52)))
+        buyer.post(f"/v1/claims/{urgent}/escalate")
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        seen: list[dict] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 3}
+            if cursor:
+                params["cursor"] = cursor
+            page = reviewer.get("/v1/queue", params=params).json()
+            seen.extend(page["data"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert len(seen) == page["count"]
+        ids = [claim["claim_id"] for claim in seen]
+        assert len(ids) == len(set(ids))
+        priorities = [claim["triage"]["priority"] for claim in seen]
+        assert priorities == sorted(priorities, reverse=True)
+        assert ids.index(urgent) < ids.index(fresh)
+        lane = seen[0]["triage"]["lane"]
+        only = reviewer.get("/v1/queue", params={"lane": lane, "limit": 100}).json()
+        assert {claim["triage"]["lane"] for claim in only["data"]} == {lane}
+        assert_problem(reviewer.get("/v1/queue", params={"cursor": "garbage"}), 400)
+        assert_problem(reviewer.get("/v1/queue", params={"lane": "nope"}), 422)
+
+
+# --- roles and keys -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "path"),
+    [
+        ("buyer", "GET", "/v1/queue"),
+        ("admin", "GET", "/v1/queue"),
+        ("reviewer", "POST", "/v1/claims"),
+        ("buyer", "POST", "/v1/listings"),
+        ("reviewer", "POST", "/v1/listings"),
+        ("buyer", "POST", "/v1/claims/{claim}/reviews"),
+        ("admin", "POST", "/v1/claims/{claim}/reviews"),
+        ("reviewer", "POST", "/v1/claims/{claim}/escalate"),
+        ("buyer", "GET", "/v1/claims/{claim}/audit"),
+        ("admin", "GET", "/v1/claims/{claim}"),
+        ("reviewer", "POST", "/v1/claims/{claim}/evidence"),
+    ],
+)
+def test_roles_are_enforced(api_server: ApiServer, role: str, method: str, path: str) -> None:
+    listing_id = new_listing(api_server)
+    claim_id = new_claim(api_server, listing_id)
+    with api_server.client(api_server.keys[role]) as client:
+        response = client.request(
+            method, path.format(claim=claim_id), json={}, headers={"Idempotency-Key": "x"}
+        )
+    assert_problem(response, 403, "forbidden_role")
+
+
+def test_buyers_see_only_their_own_claims(api_server: ApiServer) -> None:
+    listing_id = new_listing(api_server)
+    claim_id = new_claim(api_server, listing_id)
+    with api_server.client(api_server.keys["other_buyer"]) as stranger:
+        assert_problem(stranger.get(f"/v1/claims/{claim_id}"), 404, "claim_not_found")
+        assert_problem(stranger.post(f"/v1/claims/{claim_id}/escalate"), 404, "claim_not_found")
+        upload = stranger.post(f"/v1/claims/{claim_id}/evidence", files=files(plain_jpeg(61)))
+        assert_problem(upload, 404, "claim_not_found")
+        listed = stranger.get("/v1/claims", params={"limit": 100}).json()
+        assert claim_id not in [claim["claim_id"] for claim in listed["data"]]
+    with api_server.client(api_server.keys["admin"]) as admin:
+        assert admin.post(f"/v1/claims/{claim_id}/escalate").status_code == 200
+        assert admin.get(f"/v1/claims/{claim_id}/audit").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("authorization", "code"),
+    [
+        (None, "missing_api_key"),
+        ("Basic dXNlcjpwYXNz", "missing_api_key"),
+        ("Bearer trk_" + "x" * 43, "invalid_api_key"),
+        ("Bearer not-a-key", "invalid_api_key"),
+    ],
+)
+def test_missing_or_wrong_keys_get_401(
+    api_server: ApiServer, authorization: str | None, code: str
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    with api_server.client() as anyone:
+        for method, path in (("GET", "/v1/queue"), ("POST", "/v1/claims"), ("GET", "/v1/claims")):
+            response = anyone.request(method, path, headers=headers)
+            assert_problem(response, 401, code)
+            assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+# --- bad input: 4xx problem documents, nothing stored changes ---------------------------------
+
+
+def truncated_jpeg() -> bytes:
+    data = plain_jpeg(seed=71)
+    return data[: len(data) // 3]
+
+
+BAD_UPLOADS = {
+    "text file": (lambda: [b"just some text, not a photo"], 422, "unsupported_format"),
+    "pdf": (lambda: [b"%PDF-1.7\n%binary"], 422, "unsupported_format"),
+    "gif": (lambda: [encode(textured_image(64, 64), "GIF")], 422, "unsupported_format"),
+    "truncated jpeg": (lambda: [truncated_jpeg()], 422, "corrupt"),
+    "corrupt png header": (lambda: [b"\x89PNG\r\n\x1a\n" + b"\x00" * 40], 422, "corrupt"),
+    "empty file": (lambda: [b""], 422, "corrupt"),
+    "decompression bomb": (lambda: [bomb_png()], 413, "too_many_pixels"),
+    "oversized file": (
+        lambda: [b"\xff\xd8\xff" + b"\x00" * (TEST_LIMITS.max_upload_bytes + 10)],
+        413,
+        "upload_too_large",
+    ),
+    "request larger than any upload": (
+        lambda: [b"\xff\xd8\xff" + b"\x00" * (5 * TEST_LIMITS.max_upload_bytes)],
+        413,
+        "upload_too_large",
+    ),
+    "too many files": (
+        lambda: [plain_jpeg(seed) for seed in range(TEST_LIMITS.max_files_per_request + 1)],
+        413,
+        "too_many_files",
+    ),
+    "one bad file among good ones": (
+        lambda: [plain_jpeg(81), b"GIF89a not really"],
+        422,
+        "unsupported_format",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def claim_with_evidence(api_server: ApiServer) -> str:
+    listing_id = new_listing(api_server, plain_jpeg(seed=91))
+    claim_id = new_claim(api_server, listing_id)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        response = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(red_patch_jpeg(92)))
+        assert response.status_code == 201
+    return claim_id
+
+
+def snapshot(server: ApiServer, claim_id: str) -> tuple[Any, ...]:
+    with server.client(server.keys["reviewer"]) as reviewer:
+        claim = reviewer.get(f"/v1/claims/{claim_id}").json()
+        audit = reviewer.get(f"/v1/claims/{claim_id}/audit").json()
+    return claim, audit["count"], stored_files(server)
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_uploads_are_refused_and_change_nothing(
+    api_server: ApiServer, claim_with_evidence: str, case: str
+) -> None:
+    make, status, code = BAD_UPLOADS[case]
+    before = snapshot(api_server, claim_with_evidence)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        response = buyer.post(f"/v1/claims/{claim_with_evidence}/evidence", files=files(*make()))
+    body = assert_problem(response, status)
+    assert code in (body["code"], *(item["code"] for item in body.get("files") or []))
+    assert snapshot(api_server, claim_with_evidence) == before
+
+
+@pytest.mark.parametrize(
+    ("make_request", "status", "code"),
+    [
+        (
+            lambda c, cid: c.post(
+                "/v1/claims/clm_doesnotexist/evidence", files=files(plain_jpeg(1))
+            ),
+            404,
+            "claim_not_found",
+        ),
+        (lambda c, cid: c.get("/v1/claims/../../etc/passwd"), 404, None),
+        (lambda c, cid: c.get("/v1/claims/clm_0000000000"), 404, "claim_not_found"),
+        (
+            lambda c, cid: c.post(
+                f"/v1/claims/{cid}/evidence",
+                content=b"raw bytes",
+                headers={"Content-Type": "image/jpeg"},
+            ),
+            415,
+            "multipart_required",
+        ),
+        (
+            lambda c, cid: c.post(f"/v1/claims/{cid}/evidence", files={"other": ("a.jpg", b"x")}),
+            422,
+            "unexpected_file_field",
+        ),
+        (
+            lambda c, cid: c.post(f"/v1/claims/{cid}/evidence", files={"note": (None, "no files")}),
+            422,
+            "no_files",
+        ),
+        (
+            lambda c, cid: c.post(
+                f"/v1/claims/{cid}/evidence",
+                content=b"--xyz\r\nbroken",
+                headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+            ),
+            None,
+            None,
+        ),
+        (
+            lambda c, cid: c.post(
+                "/v1/claims", json={"listing_id": "x"}, headers={"Idempotency-Key": "k"}
+            ),
+            422,
+            "validation_error",
+        ),
+        (
+            lambda c, cid: c.post(
+                "/v1/claims",
+                json=claim_body("no-such-listing"),
+                headers={"Idempotency-Key": uuid.uuid4().hex},
+            ),
+            422,
+            "unknown_listing",
+        ),
+        (
+            lambda c, cid: c.post(
+                "/v1/claims",
+                json=claim_body("x", reason="bored"),
+                headers={"Idempotency-Key": "k2"},
+            ),
+            422,
+            "validation_error",
+        ),
+        (lambda c, cid: c.post("/v1/claims", json=claim_body("x")), 422, "validation_error"),
+        (lambda c, cid: c.get("/v1/claims", params={"cursor": "%%%"}), 400, "invalid_cursor"),
+        (lambda c, cid: c.get("/v1/photos/" + "0" * 64), 404, "photo_not_found"),
+        (lambda c, cid: c.get("/v1/nowhere"), 404, "not_found"),
+    ],
+)
+def test_bad_requests_get_problem_documents(
+    api_server: ApiServer,
+    claim_with_evidence: str,
+    make_request: Any,
+    status: int | None,
+    code: str | None,
+) -> None:
+    before = snapshot(api_server, claim_with_evidence)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        response = make_request(buyer, claim_with_evidence)
+    assert_problem(response, status or response.status_code, code)
+    assert 400 <= response.status_code < 500
+    assert snapshot(api_server, claim_with_evidence) == before
+
+
+def test_reviews_validate_labels_and_amounts(
+    api_server: ApiServer, claim_with_evidence: str
+) -> None:
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        path = f"/v1/claims/{claim_with_evidence}/reviews"
+        unknown = reviewer.post(
+            path, json={"decision": "reject", "labels": [{"photo_id": "f" * 64, "damage": True}]}
+        )
+        assert_problem(unknown, 422, "unknown_photo")
+        assert_problem(
+            reviewer.post(path, json={"decision": "uphold_partial_refund"}), 422, "amount_required"
+        )
+        assert_problem(
+            reviewer.post(path, json={"decision": "uphold_partial_refund", "amount": "999.00"}),
+            422,
+            "amount_too_high",
+        )
+        assert_problem(reviewer.post(path, json={"decision": "maybe"}), 422, "validation_error")
+        audit = reviewer.get(f"/v1/claims/{claim_with_evidence}/audit").json()
+    assert "review_recorded" not in [event["action"] for event in audit["data"]]
+
+
+def test_a_restarted_server_rebuilds_the_duplicate_index(api_server: ApiServer) -> None:
+    listing_id = new_listing(api_server, plain_jpeg(seed=101))
+    photo = red_patch_jpeg(seed=102)
+    first = new_claim(api_server, listing_id)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        assert buyer.post(f"/v1/claims/{first}/evidence", files=files(photo)).status_code == 201
+    # A second process on the same database and store knows the photo only from the database.
+    with run_api_server(api_server.settings) as restarted:
+        restarted.keys = api_server.keys
+        second = new_claim(restarted, listing_id, key=api_server.keys["other_buyer"])
+        with restarted.client(api_server.keys["other_buyer"]) as other:
+            reused = other.post(f"/v1/claims/{second}/evidence", files=files(photo)).json()
+    assert "duplicate_across_claims" in [i["code"] for i in reused["data"][0]["issues"]]
+    assert any(first in reason for reason in reused["triage"]["reasons"])

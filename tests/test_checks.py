@@ -1,0 +1,98 @@
+"""The whole buyer-side check: quality findings plus listing-photo reuse and cross-claim reuse."""
+
+from __future__ import annotations
+
+from conftest import encode, textured_image
+from PIL import Image, ImageFilter
+
+from service.checks import (
+    DUPLICATE_ACROSS_CLAIMS,
+    LISTING_PHOTO_REUSE,
+    check_photo,
+    find_duplicates,
+    matches_listing,
+)
+from service.duplicates import DUPLICATE_MAX_DISTANCE, DuplicateIndex, photo_windows
+from service.intake import Photo, open_photo
+
+
+def jpeg_photo(image: Image.Image, quality: int = 90) -> Photo:
+    return open_photo(encode(image, "JPEG", quality=quality))
+
+
+def codes(photo: Photo, **kwargs: object) -> list[str]:
+    return [issue.code for issue in check_photo(photo, **kwargs)]
+
+
+def trimmed(image: Image.Image, fraction: float) -> Image.Image:
+    margin_x, margin_y = round(image.width * fraction), round(image.height * fraction)
+    return image.crop((margin_x, margin_y, image.width - margin_x, image.height - margin_y))
+
+
+def test_a_good_photo_has_no_findings() -> None:
+    assert check_photo(jpeg_photo(textured_image(800, 600))) == []
+
+
+def test_quality_findings_come_through() -> None:
+    blurred = textured_image(800, 600).filter(ImageFilter.GaussianBlur(8))
+    assert codes(jpeg_photo(blurred)) == ["blurry"]
+
+
+def test_listing_photo_reused_resized_and_cropped_is_a_blocker() -> None:
+    listing_image = textured_image(600, 600, seed=11)
+    listing = jpeg_photo(listing_image)
+    upload = jpeg_photo(trimmed(listing_image, 0.08).resize((900, 760)), quality=70)
+    issues = check_photo(upload, listing_photos=[listing])
+    assert LISTING_PHOTO_REUSE in issues
+    assert LISTING_PHOTO_REUSE.severity == "blocker"
+
+
+def test_own_photo_of_a_different_item_is_not_listing_reuse() -> None:
+    listing = jpeg_photo(textured_image(600, 600, seed=11))
+    upload = jpeg_photo(textured_image(800, 600, seed=12))
+    assert not matches_listing(upload, [listing], DUPLICATE_MAX_DISTANCE)
+    assert "listing_photo_reuse" not in codes(upload, listing_photos=[listing])
+
+
+def test_photo_used_in_another_claim_is_found_and_named() -> None:
+    earlier = textured_image(800, 600, seed=21)
+    index = DuplicateIndex()
+    index.add_photo(photo_windows(jpeg_photo(earlier).image), "claim-1/photo-a")
+    index.add_photo(
+        photo_windows(jpeg_photo(textured_image(800, 600, seed=22)).image), "claim-2/photo-b"
+    )
+    upload = jpeg_photo(trimmed(earlier, 0.1), quality=60)
+    assert DUPLICATE_ACROSS_CLAIMS in check_photo(upload, duplicate_index=index)
+    assert [match.ref for match in find_duplicates(upload, index)] == ["claim-1/photo-a"]
+
+
+def test_the_claims_own_photos_are_excluded() -> None:
+    image = textured_image(800, 600, seed=31)
+    index = DuplicateIndex()
+    index.add_photo(photo_windows(jpeg_photo(image).image), "claim-9/photo-x")
+    upload = jpeg_photo(image, quality=75)
+    assert "duplicate_across_claims" not in codes(
+        upload, duplicate_index=index, exclude_refs={"claim-9/photo-x"}
+    )
+    assert "duplicate_across_claims" in codes(upload, duplicate_index=index)
+
+
+def test_a_uniform_frame_is_not_called_a_duplicate_of_another_uniform_frame() -> None:
+    wall = Image.new("RGB", (800, 600), (180, 175, 170))
+    index = DuplicateIndex()
+    index.add_photo(photo_windows(wall), "claim-3/photo-wall")
+    listing = jpeg_photo(wall)
+    assert codes(jpeg_photo(wall), duplicate_index=index, listing_photos=[listing]) == [
+        "low_detail"
+    ]
+
+
+def test_findings_keep_their_order_quality_first() -> None:
+    listing_image = textured_image(600, 600, seed=41)
+    small_copy = listing_image.resize((200, 200))
+    index = DuplicateIndex()
+    index.add_photo(photo_windows(listing_image), "claim-4/photo-1")
+    found = codes(
+        jpeg_photo(small_copy), listing_photos=[jpeg_photo(listing_image)], duplicate_index=index
+    )
+    assert found == ["too_small", "listing_photo_reuse", "duplicate_across_claims"]

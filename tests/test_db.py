@@ -1,0 +1,186 @@
+"""Storage on both backends: migrations, WAL, append-only audit, idempotency, queue order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Engine, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.auth import Role
+from service.db import crud
+from service.db.migrate import upgrade_to_head
+from service.db.models import AuditEvent, Base
+from service.db.session import make_engine, make_session_factory, transaction
+
+NOW = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    upgrade_to_head(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(engine)
+
+
+@pytest.fixture(scope="module")
+def buyer_key_id(sessions: sessionmaker[Session]) -> str:
+    with transaction(sessions) as session:
+        key = crud.create_api_key(session, role=Role.buyer, name="db test", now=NOW)
+        session.flush()
+        row = crud.find_active_key(session, key=key)
+        assert row is not None
+        crud.create_listing(session, listing_id="db-listing", title="Mug", category=None, now=NOW)
+        return row.key_id
+
+
+def _claim(session: Session, owner: str, idempotency_key: str, opened_at: datetime) -> str:
+    claim = crud.create_claim(
+        session,
+        owner_key_id=owner,
+        listing_id="db-listing",
+        order_ref="ORD-1",
+        reason="damaged",
+        resolution="full_refund",
+        description=None,
+        amount=None,
+        currency=None,
+        opened_at=opened_at,
+        idempotency_key=idempotency_key,
+        request_fingerprint="f" * 64,
+        now=NOW,
+    )
+    session.flush()
+    return claim.claim_id
+
+
+def test_migrations_match_the_models(engine: Engine) -> None:
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert differences == []
+
+
+def test_migrating_twice_is_harmless(engine: Engine) -> None:
+    upgrade_to_head(engine)
+
+
+def test_sqlite_runs_in_wal_mode(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("WAL is a SQLite setting")
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_keys_are_stored_hashed_and_found_by_key(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    with transaction(sessions) as session:
+        key = crud.create_api_key(session, role=Role.reviewer, name="hash test", now=NOW)
+    with engine.connect() as connection:
+        stored = [row[0] for row in connection.execute(text("SELECT key_hash FROM api_keys"))]
+    assert key not in stored
+    with sessions() as session:
+        row = crud.find_active_key(session, key=key)
+        assert row is not None and row.role == "reviewer"
+        assert crud.find_active_key(session, key=key[:-1] + "x") is None
+
+
+def test_audit_log_refuses_updates_and_deletes(
+    sessions: sessionmaker[Session], engine: Engine
+) -> None:
+    with transaction(sessions) as session:
+        crud.record_audit(session, actor=crud.SYSTEM, action="probe", detail={"n": 1}, now=NOW)
+    for statement in (
+        update(AuditEvent).values(action="rewritten"),
+        text("DELETE FROM audit_events"),
+    ):
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as connection:
+            connection.execute(statement)
+    with sessions() as session:
+        assert session.query(AuditEvent).filter_by(action="probe").count() == 1
+
+
+def test_idempotency_key_is_unique_per_owner(
+    sessions: sessionmaker[Session], buyer_key_id: str
+) -> None:
+    with transaction(sessions) as session:
+        _claim(session, buyer_key_id, "same-key", NOW)
+    with pytest.raises(IntegrityError), transaction(sessions) as session:
+        _claim(session, buyer_key_id, "same-key", NOW)
+    with sessions() as session:
+        found = crud.find_claim_by_idempotency_key(
+            session, owner_key_id=buyer_key_id, idempotency_key="same-key"
+        )
+        assert found is not None
+
+
+def test_datetimes_come_back_timezone_aware(
+    sessions: sessionmaker[Session], buyer_key_id: str
+) -> None:
+    opened = datetime(2025, 11, 1, 8, 30, tzinfo=UTC)
+    with transaction(sessions) as session:
+        claim_id = _claim(session, buyer_key_id, "tz", opened)
+    with sessions() as session:
+        claim = crud.get_claim(session, claim_id=claim_id)
+        assert claim is not None
+        assert claim.opened_at == opened and claim.opened_at.tzinfo is not None
+
+
+def test_queue_pages_are_ordered_by_priority_then_age_without_overlap(
+    sessions: sessionmaker[Session], buyer_key_id: str
+) -> None:
+    priorities = [40, 90, 40, 10, 90, 65, 40]
+    with transaction(sessions) as session:
+        for index, priority in enumerate(priorities):
+            claim = crud.get_claim(
+                session,
+                claim_id=_claim(session, buyer_key_id, f"q{index}", NOW - timedelta(hours=index)),
+            )
+            assert claim is not None
+            claim.priority = priority
+            claim.reason = "missing_parts"  # a reason no other test uses, to filter on
+    seen: list[tuple[int, datetime]] = []
+    after = None
+    with sessions() as session:
+        while True:
+            page = crud.queue_page(
+                session,
+                statuses=crud.OPEN_STATUSES,
+                lane=None,
+                reason="missing_parts",
+                limit=3,
+                after=after,
+            )
+            assert page.count == len(priorities)
+            seen.extend((claim.priority, claim.opened_at) for claim in page.rows)
+            if not page.has_more:
+                break
+            last = page.rows[-1]
+            after = (last.priority, last.opened_at, last.claim_id)
+    assert len(seen) == len(priorities)
+    assert seen == sorted(seen, key=lambda item: (-item[0], item[1]))
+
+
+def test_queue_depth_counts_open_claims_by_lane(
+    sessions: sessionmaker[Session], buyer_key_id: str
+) -> None:
+    with transaction(sessions) as session:
+        before = crud.queue_depth_by_lane(session)
+        claim = crud.get_claim(session, claim_id=_claim(session, buyer_key_id, "depth", NOW))
+        assert claim is not None
+        claim.lane = "suspicious"
+    with sessions() as session:
+        after = crud.queue_depth_by_lane(session)
+    assert after.get("suspicious", 0) == before.get("suspicious", 0) + 1

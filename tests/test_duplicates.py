@@ -1,0 +1,208 @@
+"""Perceptual hashes and the multi-index duplicate index."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from conftest import encode, textured_image
+from PIL import Image
+
+from service.duplicates import (
+    DUPLICATE_MAX_DISTANCE,
+    HASH_BITS,
+    WINDOWS,
+    DuplicateIndex,
+    DuplicateMatch,
+    closest_distance,
+    hamming_distance,
+    perceptual_hash,
+    photo_windows,
+)
+
+
+def reencoded(image: Image.Image, quality: int) -> Image.Image:
+    return Image.open(io.BytesIO(encode(image, "JPEG", quality=quality))).convert("RGB")
+
+
+def cropped(
+    image: Image.Image, left: float, top: float, right: float, bottom: float
+) -> Image.Image:
+    width, height = image.size
+    return image.crop(
+        (
+            round(left * width),
+            round(top * height),
+            round((1 - right) * width),
+            round((1 - bottom) * height),
+        )
+    )
+
+
+def brute_force(hashes: np.ndarray, query: int, max_distance: int) -> set[int]:
+    distances = [bin(int(value) ^ query).count("1") for value in hashes]
+    return {index for index, distance in enumerate(distances) if distance <= max_distance}
+
+
+def random_hashes(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2**64, size=count, dtype=np.uint64)
+
+
+def flip_bits(value: int, bits: int, rng: np.random.Generator) -> int:
+    for bit in rng.choice(HASH_BITS, size=bits, replace=False):
+        value ^= 1 << int(bit)
+    return value
+
+
+# --- hashes -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [(0, 0, 0), (0, 1, 1), (0b1011, 0b0110, 3), (0, 2**64 - 1, 64), (2**63, 0, 1)],
+)
+def test_hamming_distance_known_values(first: int, second: int, expected: int) -> None:
+    assert hamming_distance(first, second) == expected
+
+
+def test_hash_is_64_bits_and_deterministic() -> None:
+    image = textured_image(400, 300)
+    value = perceptual_hash(image)
+    assert 0 <= value < 2**64
+    assert perceptual_hash(image.copy()) == value
+    assert perceptual_hash(image.convert("L")) == value
+
+
+def test_uniform_image_hashes_without_error() -> None:
+    assert 0 <= perceptual_hash(Image.new("RGB", (50, 50), (90, 90, 90))) < 2**64
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda image: reencoded(image, 35),
+        lambda image: image.resize((image.width // 3, image.height // 3), Image.Resampling.LANCZOS),
+        lambda image: image.resize((image.width * 2, image.height * 2)),
+        lambda image: Image.eval(image, lambda value: min(255, value + 25)),
+    ],
+    ids=["jpeg_q35", "downscaled_3x", "upscaled_2x", "brighter"],
+)
+def test_copies_hash_within_the_duplicate_distance(transform: object) -> None:
+    original = textured_image(600, 450, seed=2)
+    copy = transform(original)  # type: ignore[operator]
+    assert hamming_distance(perceptual_hash(original), perceptual_hash(copy)) <= 4
+
+
+def test_different_photos_hash_far_apart() -> None:
+    hashes = [perceptual_hash(textured_image(400, 300, seed=seed)) for seed in range(8)]
+    closest = min(hamming_distance(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1 :])
+    assert closest > DUPLICATE_MAX_DISTANCE
+
+
+def test_windows_start_with_the_whole_frame() -> None:
+    image = textured_image(400, 300)
+    windows = photo_windows(image)
+    assert len(windows) == len(WINDOWS)
+    assert windows[0] == perceptual_hash(image)
+
+
+@pytest.mark.parametrize(
+    "crop",
+    [
+        (0.05, 0.05, 0.05, 0.05),
+        (0.1, 0.1, 0.1, 0.1),
+        (0.15, 0.15, 0.15, 0.15),
+        (0.1, 0, 0, 0),
+        (0, 0, 0, 0.1),
+    ],
+    ids=["even_5", "even_10", "even_15", "left_10", "bottom_10"],
+)
+def test_cropped_copy_matches_one_of_the_originals_windows(
+    crop: tuple[float, float, float, float],
+) -> None:
+    original = textured_image(600, 450, seed=4)
+    copy = reencoded(cropped(original, *crop), 80)
+    copy_hash = perceptual_hash(copy)
+    assert closest_distance(copy_hash, photo_windows(original)) <= DUPLICATE_MAX_DISTANCE
+
+
+def test_closest_distance_of_nothing_is_the_maximum() -> None:
+    assert closest_distance(123, ()) == HASH_BITS
+
+
+# --- index ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 4, 8, 11, 13])
+def test_index_agrees_with_a_brute_force_scan(max_distance: int) -> None:
+    rng = np.random.default_rng(max_distance)
+    stored = random_hashes(5000, seed=1)
+    index = DuplicateIndex()
+    index.add_many([int(value) for value in stored], [f"ref{i}" for i in range(len(stored))])
+    for _ in range(40):
+        base = int(stored[rng.integers(len(stored))])
+        query = flip_bits(base, int(rng.integers(0, max_distance + 3)), rng)
+        found = {int(match.ref[3:]) for match in index.query(query, max_distance)}
+        assert found == brute_force(stored, query, max_distance)
+
+
+def test_entries_added_one_by_one_are_found_in_segments_and_in_the_tail() -> None:
+    # 10,000 single additions: two flushed tails merged into a sorted segment, plus a tail.
+    stored = random_hashes(10_000, seed=2)
+    index = DuplicateIndex()
+    for number, value in enumerate(stored):
+        index.add(int(value), f"ref{number}")
+    assert len(index) == 10_000
+    rng = np.random.default_rng(7)
+    for number in [*rng.choice(10_000, size=30, replace=False), 9_999]:
+        query = flip_bits(int(stored[number]), 5, rng)
+        matches = index.query(query, 6)
+        assert DuplicateMatch(f"ref{number}", 5) in matches
+
+
+def test_matches_are_nearest_first_and_one_per_ref() -> None:
+    index = DuplicateIndex()
+    index.add(0b0000, "claim-a/photo-1")
+    index.add(0b0111, "claim-a/photo-1")  # a second window of the same photo, farther away
+    index.add(0b0011, "claim-b/photo-2")
+    index.add(2**64 - 1, "claim-c/photo-3")
+    assert index.query(0b0001, 4) == [
+        DuplicateMatch("claim-a/photo-1", 1),
+        DuplicateMatch("claim-b/photo-2", 1),
+    ]
+
+
+def test_add_photo_stores_every_window_under_one_ref() -> None:
+    index = DuplicateIndex()
+    original = textured_image(600, 450, seed=5)
+    index.add_photo(photo_windows(original), "claim-1/photo-1")
+    assert len(index) == len(WINDOWS)
+    copy = cropped(original, 0.1, 0.1, 0.1, 0.1)
+    assert [match.ref for match in index.query(perceptual_hash(copy))] == ["claim-1/photo-1"]
+
+
+def test_empty_index_finds_nothing() -> None:
+    index = DuplicateIndex()
+    assert len(index) == 0
+    assert index.query(12345, 10) == []
+
+
+@pytest.mark.parametrize("max_distance", [-1, 64])
+def test_distance_out_of_range_is_refused(max_distance: int) -> None:
+    with pytest.raises(ValueError, match="max_distance"):
+        DuplicateIndex().query(0, max_distance)
+
+
+def test_add_many_needs_one_ref_per_hash() -> None:
+    with pytest.raises(ValueError, match="one ref per hash"):
+        DuplicateIndex().add_many([1, 2], ["only-one"])
+
+
+def test_bulk_load_takes_a_numpy_array_and_mixes_with_single_additions() -> None:
+    stored = random_hashes(6000, seed=3)
+    index = DuplicateIndex()
+    index.add(int(stored[0]) ^ 1, "single")
+    index.add_many(stored, [f"bulk{i}" for i in range(len(stored))])
+    assert len(index) == 6001
+    assert [m.ref for m in index.query(int(stored[0]), 1)] == ["bulk0", "single"]

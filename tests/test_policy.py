@@ -1,0 +1,209 @@
+"""The triage policy on known cases: each row states the facts and the expected decision."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from service.policy import (
+    ClaimFacts,
+    PhotoFacts,
+    PolicyConfig,
+    PriorityWeights,
+    Triage,
+    triage_claim,
+)
+
+NOW = datetime(2025, 3, 20, 12, 0, tzinfo=UTC)
+CARD_THRESHOLDS = SimpleNamespace(
+    damage_high=0.8, damage_low=0.3, mismatch_high=0.8, mismatch_low=0.3
+)
+CONFIG = PolicyConfig().for_card(CARD_THRESHOLDS)
+BLURRY = ("blurry", "warning")
+DARK_BLOCKER = ("too_dark", "blocker")
+LISTING_REUSE = ("listing_photo_reuse", "warning")
+
+
+def photo(index: int, damage: float | None = 0.1, mismatch: float | None = None, *issues, dup=()):
+    return PhotoFacts(
+        index=index, damage=damage, mismatch=mismatch, issues=issues, duplicate_claims=dup
+    )
+
+
+def claim(reason: str, *photos: PhotoFacts, days_open: float = 1, **kwargs) -> ClaimFacts:
+    return ClaimFacts(
+        reason=reason, opened_at=NOW - timedelta(days=days_open), photos=photos, **kwargs
+    )
+
+
+def triage(facts: ClaimFacts, config: PolicyConfig = CONFIG) -> Triage:
+    return triage_claim(facts, config=config, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("facts", "support", "sufficiency", "lane"),
+    [
+        # damaged / defective: support is the best usable photo's damage
+        (claim("damaged", photo(1, 0.95)), 0.95, "ok", "fast_track"),
+        (claim("defective", photo(1, 0.2), photo(2, 0.9)), 0.9, "ok", "fast_track"),
+        (claim("damaged", photo(1, 0.5)), 0.5, "ok", "needs_review"),
+        (claim("damaged", photo(1, 0.1)), 0.1, "ok", "needs_review"),
+        # a blocked photo does not count, even with a high damage score
+        (
+            claim("damaged", photo(1, 0.99, None, DARK_BLOCKER), photo(2, 0.4)),
+            0.4,
+            "ok",
+            "needs_review",
+        ),
+        # all photos with warnings: weak evidence; strong damage is still not a fast track
+        (claim("damaged", photo(1, 0.95, None, BLURRY)), 0.95, "weak", "needs_review"),
+        (claim("damaged", photo(1, 0.1, None, BLURRY)), 0.1, "weak", "needs_more_evidence"),
+        # nothing usable
+        (claim("damaged"), None, "insufficient", "needs_more_evidence"),
+        (
+            claim("damaged", photo(1, 0.9, None, DARK_BLOCKER)),
+            None,
+            "insufficient",
+            "needs_more_evidence",
+        ),
+        (claim("damaged", photo(1, None)), None, "insufficient", "needs_more_evidence"),
+        # wrong item / not as described: mismatch first, damage as secondary (noisy-or, weight .5)
+        (claim("wrong_item", photo(1, 0.0, 0.9)), 0.9, "ok", "fast_track"),
+        (claim("wrong_item", photo(1, 0.0, 0.2)), 0.2, "ok", "needs_review"),
+        (claim("not_as_described", photo(1, 0.6, 0.5)), 1 - 0.5 * (1 - 0.3), "ok", "needs_review"),
+        (claim("not_as_described", photo(1, 1.0, 0.7)), 1 - 0.3 * 0.5, "ok", "fast_track"),
+        # listing without images: mismatch unknown, so is support
+        (claim("wrong_item", photo(1, 0.9, None)), None, "ok", "needs_review"),
+        # missing parts: evidence sufficiency only, always a human
+        (claim("missing_parts", photo(1, 0.99), photo(2, 0.99)), None, "ok", "needs_review"),
+        (claim("missing_parts", photo(1, 0.1)), None, "weak", "needs_review"),
+        (claim("missing_parts"), None, "insufficient", "needs_more_evidence"),
+        # reuse makes a claim suspicious whatever its scores
+        (
+            claim("damaged", photo(1, 0.99, None, LISTING_REUSE), photo(2, 0.99)),
+            0.99,
+            "ok",
+            "suspicious",
+        ),
+        (claim("damaged", photo(1, 0.99, dup=("c-17",))), 0.99, "ok", "suspicious"),
+        # ... even when the reused photo is blocked and nothing else is usable
+        (
+            claim("damaged", photo(1, 0.9, None, ("duplicate_across_claims", "blocker"))),
+            None,
+            "insufficient",
+            "suspicious",
+        ),
+    ],
+)
+def test_known_cases(facts, support, sufficiency, lane):
+    result = triage(facts)
+    assert result.sufficiency == sufficiency
+    assert result.lane == lane
+    if support is None:
+        assert result.support is None
+    else:
+        assert result.support == pytest.approx(support)
+    assert 0 <= result.priority <= 100
+
+
+@pytest.mark.parametrize(
+    ("days_open", "expected_reason"),
+    [
+        (1, None),
+        (10.5, "deadline in 4 days"),
+        (13, "deadline in 2 days"),
+        (14, "deadline in 1 day"),
+        (14.9, "deadline in 3 hours"),
+        (17, "deadline passed 2 days ago"),
+    ],
+)
+def test_deadline_reasons(days_open, expected_reason):
+    result = triage(claim("damaged", photo(1, 0.1), days_open=days_open))
+    deadline_reasons = [reason for reason in result.reasons if reason.startswith("deadline")]
+    assert deadline_reasons == ([expected_reason] if expected_reason else [])
+    assert result.deadline == NOW - timedelta(days=days_open) + timedelta(days=15)
+
+
+def test_priority_is_the_weighted_sum_of_its_parts():
+    weights = PriorityWeights(
+        deadline=40, escalated=20, support=30, suspicious=10, human_check=0, insufficient_evidence=0
+    )
+    config = CONFIG.model_copy(update={"weights": weights})
+    # 12 of 15 days gone -> urgency 0.8 -> 32; escalated 20; damage 0.5 -> 15
+    result = triage(claim("damaged", photo(1, 0.5), days_open=12, escalated=True), config)
+    assert result.priority == 67
+    assert result.reasons == ("deadline in 3 days", "escalated", "damage 0.50 on photo 1")
+
+
+def test_reasons_name_the_photo_and_the_other_claim():
+    facts = claim("damaged", photo(1, 0.2), photo(2, 0.93), photo(3, 0.1, dup=("CLM-9",)))
+    result = triage(facts)
+    assert "damage 0.93 on photo 2" in result.reasons
+    assert "photo 3 reuses a photo from claim CLM-9" in result.reasons
+    assert result.lane == "suspicious"
+
+
+def test_escalation_raises_priority_whichever_way_it_is_recorded():
+    plain = triage(claim("damaged", photo(1, 0.5)))
+    escalated = triage(claim("damaged", photo(1, 0.5), status="escalated"))
+    assert escalated.priority == plain.priority + round(CONFIG.weights.escalated)
+    assert "escalated" in escalated.reasons and "escalated" not in plain.reasons
+    flagged = triage(claim("damaged", photo(1, 0.5), escalated=True))
+    assert flagged.priority == escalated.priority
+
+
+def test_older_claims_rank_higher_all_else_equal():
+    priorities = [triage(claim("damaged", photo(1, 0.5), days_open=d)).priority for d in (1, 8, 14)]
+    assert priorities == sorted(priorities) and priorities[0] < priorities[-1]
+
+
+def test_priority_is_clamped_to_0_100():
+    heavy = CONFIG.model_copy(update={"weights": PriorityWeights(deadline=90, escalated=90)})
+    assert (
+        triage(claim("damaged", photo(1, 1.0), days_open=30, escalated=True), heavy).priority == 100
+    )
+    light = CONFIG.model_copy(
+        update={"weights": PriorityWeights(deadline=0, insufficient_evidence=-50)}
+    )
+    assert triage(claim("damaged"), light).priority == 0
+
+
+def test_closed_claims_leave_the_queue():
+    result = triage(claim("damaged", photo(1, 0.99), status="resolved", escalated=True))
+    assert result.priority == 0
+    assert result.reasons == ("claim is resolved",)
+
+
+def test_deadline_days_come_from_configuration():
+    config = CONFIG.model_copy(update={"deadline_days": 30})
+    result = triage(claim("damaged", photo(1, 0.1), days_open=13), config)
+    assert result.deadline == NOW + timedelta(days=17)
+    assert not any(reason.startswith("deadline") for reason in result.reasons)
+
+
+def test_thresholds_come_from_the_card_unless_pinned():
+    pinned = PolicyConfig(damage_high=0.99).for_card(CARD_THRESHOLDS)
+    assert (pinned.damage_high, pinned.damage_low) == (0.99, 0.3)
+    assert triage(claim("damaged", photo(1, 0.95)), pinned).lane == "needs_review"
+    with pytest.raises(ValueError, match="for_card"):
+        triage(claim("damaged", photo(1, 0.95)), PolicyConfig())
+
+
+def test_unknown_reason_is_refused():
+    with pytest.raises(ValueError, match="unknown claim reason"):
+        triage(claim("changed_my_mind", photo(1, 0.5)))
+
+
+def test_facts_from_an_assessment():
+    issue = SimpleNamespace(code="blurry", severity="warning", message="m", tip="t")
+    assessment = SimpleNamespace(damage=0.7, mismatch=0.2, issues=[issue])
+    facts = PhotoFacts.from_assessment(2, assessment, duplicate_claims=["c1"])
+    assert facts == PhotoFacts(2, 0.7, 0.2, (("blurry", "warning"),), ("c1",))
+    assert facts.usable and not facts.clean
+
+
+def test_policy_is_deterministic():
+    facts = claim("wrong_item", photo(1, 0.4, 0.6), photo(2, 0.7, 0.1, BLURRY), days_open=11)
+    assert triage(facts) == triage(facts)

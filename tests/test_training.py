@@ -1,0 +1,192 @@
+"""Training package: data sources and splits, synthesis, metrics, and a tiny training run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# The training package needs the train extra; `shared_data` (conftest) skips without the data.
+pytest.importorskip("scipy", reason="the train extra is not installed")
+
+
+def test_assign_splits_is_deterministic_and_disjoint() -> None:
+    from training.data import assign_splits
+
+    groups = [f"product-{number}" for number in range(100)]
+    first = assign_splits(groups, 0.15, 0.2, seed=3)
+    again = assign_splits(list(reversed(groups)), 0.15, 0.2, seed=3)
+    assert first == again
+    counts = {
+        split: sum(value == split for value in first.values()) for split in ("train", "val", "test")
+    }
+    assert counts == {"train": 65, "val": 15, "test": 20}
+    assert assign_splits(groups, 0.15, 0.2, seed=4) != first
+
+
+@pytest.mark.shared_data
+def test_splits_hold_out_whole_products_and_sources(shared_data: Path) -> None:
+    from training.data import SPLITS, make_splits
+
+    splits = make_splits(shared_data, 0.15, 0.2, seed=17)
+    products = {split: {p.product for p in splits.grocery_photos[split]} for split in SPLITS}
+    sources = {split: {p.source_id for p in splits.packages[split]} for split in SPLITS}
+    for first, second in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not products[first] & products[second]
+        assert not sources[first] & sources[second]
+    assert len(splits.listings) == 61
+    assert all(len(products[split]) >= 5 for split in ("val", "test"))
+
+
+@pytest.mark.shared_data
+def test_hard_negative_listing_is_another_product_of_the_same_class(shared_data: Path) -> None:
+    from training.data import hard_negative_listing, load_grocery
+
+    grocery = load_grocery(shared_data)
+    listings = [image for image in grocery if image.role == "listing"]
+    juice = next(
+        image for image in grocery if image.role == "photo" and image.coarse_class == "Juice"
+    )
+    negative = hard_negative_listing(juice, listings)
+    assert negative.product != juice.product and negative.coarse_class == "Juice"
+    assert hard_negative_listing(juice, listings) == negative
+
+
+def test_labelled_photo_manifests_csv_and_jsonl(tmp_path: Path) -> None:
+    from training.data import load_labelled_photos
+
+    (tmp_path / "labels.csv").write_text(
+        "photo,damage,matches_listing,listing_images\na.jpg,1,,l1.jpg;l2.jpg\nb.jpg,,0,l3.jpg\n"
+    )
+    rows = load_labelled_photos(tmp_path / "labels.csv")
+    assert rows[0].damage is True and rows[0].matches_listing is None
+    assert rows[0].listing_images == (tmp_path / "l1.jpg", tmp_path / "l2.jpg")
+    assert rows[1].damage is None and rows[1].matches_listing is False
+    (tmp_path / "labels.jsonl").write_text(
+        json.dumps({"photo": "c.jpg", "damage": 0, "listing_images": ["x.png"]}) + "\n"
+    )
+    (row,) = load_labelled_photos(tmp_path / "labels.jsonl")
+    assert row.path == tmp_path / "c.jpg" and row.damage is False
+    assert row.listing_images == (tmp_path / "x.png",)
+    (tmp_path / "bad.csv").write_text("photo,damage\na.jpg,maybe\n")
+    with pytest.raises(ValueError, match="damage"):
+        load_labelled_photos(tmp_path / "bad.csv")
+
+
+def _product_photo() -> Image.Image:
+    """A plain-background 'catalog' picture: a textured ellipse on white."""
+    rng = np.random.default_rng(0)
+    pixels = np.full((160, 200, 3), 250, dtype=np.uint8)
+    ys, xs = np.mgrid[0:160, 0:200]
+    inside = ((xs - 100) / 70) ** 2 + ((ys - 80) / 55) ** 2 < 1
+    green = np.array([60, 140, 60])
+    pixels[inside] = (rng.normal(0, 12, (inside.sum(), 3)) + green).clip(0, 255)
+    return Image.fromarray(pixels)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["crack", "scratches", "dent", "crush", "tear", "stain", "shattered_glass", "missing_part"],
+)
+def test_every_damage_kind_changes_the_photo_where_its_mask_says(kind: str) -> None:
+    from training.synthesis import synthesise_damage
+
+    original = _product_photo()
+    damaged, mask, drawn = synthesise_damage(original, np.random.default_rng(5), kinds=(kind,))
+    assert drawn and set(drawn) == {kind}
+    assert mask.shape == (160, 200) and 0 < mask.mean() < 0.6
+    difference = np.abs(np.asarray(damaged, float) - np.asarray(original, float)).sum(axis=2)
+    assert difference[mask > 0].mean() > 3 * max(difference[mask == 0].mean(), 0.1)
+    again, again_mask, _ = synthesise_damage(original, np.random.default_rng(5), kinds=(kind,))
+    assert np.array_equal(np.asarray(again), np.asarray(damaged))
+    assert np.array_equal(again_mask, mask)
+
+
+def test_mask_letterbox_matches_the_service_letterbox() -> None:
+    from service.preprocess import DEFAULT_INPUT_SPEC, letterbox
+    from training.samples import letterbox_mask, map_target
+
+    image = Image.new("RGB", (300, 120), (255, 0, 0))
+    boxed = np.asarray(letterbox(image))
+    content = letterbox_mask(np.ones((120, 300), dtype=np.float32)) > 0.5
+    assert np.array_equal(content, boxed[..., 1] < DEFAULT_INPUT_SPEC.pad_value // 2)
+    target = map_target(letterbox_mask(np.ones((120, 300), dtype=np.float32)))
+    assert target.shape == (7, 7) and target[3].min() == 1.0 and target[0].max() == 0.0
+
+
+def test_metrics_on_known_cases() -> None:
+    from training.metrics import (
+        auroc,
+        average_precision,
+        expected_calibration_error,
+        fit_logistic,
+        fit_temperature,
+        retrieval_at_k,
+        sigmoid,
+    )
+
+    labels = np.array([0, 0, 1, 1])
+    assert auroc(labels, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert auroc(labels, np.array([1, 1, 1, 1])) == pytest.approx(0.5)
+    assert average_precision(labels, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(
+        (1 + 2 / 3) / 2
+    )
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, 20000)
+    outcomes = rng.random(20000) < sigmoid(logits / 2.5)
+    assert fit_temperature(outcomes, logits) == pytest.approx(2.5, rel=0.05)
+    assert expected_calibration_error(outcomes, sigmoid(logits / 2.5)) < 0.02
+    similarity = rng.uniform(0, 1, 20000)
+    mismatched = rng.random(20000) < sigmoid(-12 * similarity + 6)
+    slope, intercept = fit_logistic(mismatched, similarity)
+    assert slope == pytest.approx(-12, rel=0.1) and intercept == pytest.approx(6, rel=0.1)
+    similarities = np.array([[0.9, 0.1, 0.2], [0.3, 0.2, 0.8]])
+    assert retrieval_at_k(similarities, np.array([0, 0]), 1) == 0.5
+    assert retrieval_at_k(similarities, np.array([0, 0]), 2) == 1.0
+
+
+def test_cli_config_overrides() -> None:
+    from training.__main__ import build_config, parser
+
+    arguments = parser().parse_args(
+        ["train", "--tiny", "--set", "seed=5", "--set", "trunk_lr=0.01", "--steps", "9"]
+    )
+    config = build_config(arguments)
+    assert (config.seed, config.trunk_lr, config.steps, config.max_packages) == (5, 0.01, 9, 6)
+    with pytest.raises(SystemExit):
+        build_config(parser().parse_args(["train", "--set", "no_such_key=1"]))
+
+
+@pytest.mark.training
+@pytest.mark.shared_data
+def test_tiny_training_run_checkpoints_its_config_and_resumes(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch = pytest.importorskip("torch")
+    from training.__main__ import TINY_RECIPE
+    from training.config import TrainConfig
+    from training.train import load_model, main
+
+    config = TrainConfig(
+        **{**TINY_RECIPE, "steps": 2},
+        data_root=str(shared_data),
+        run_dir=str(tmp_path / "run"),
+        models_dir=str(tmp_path / "models"),
+    )
+    path = main(config)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    assert state["step"] == 2 and state["config"]["steps"] == 2
+    assert set(state["history"][-1]) >= {"loss", "val_mismatch_auroc"}
+    model, saved_config, _ = load_model(path)
+    assert saved_config == config
+    longer = TrainConfig.from_dict({**config.to_dict(), "steps": 4})
+    state = torch.load(main(longer), map_location="cpu", weights_only=False)
+    assert "resumed" in capsys.readouterr().out
+    assert state["step"] == 4 and [entry["step"] for entry in state["history"]] == [2, 4]
+    with torch.no_grad():
+        damage_logit, damage_map, embedding = model(torch.zeros(2, 3, 224, 224))
+    assert damage_logit.shape == (2,) and damage_map.shape == (2, 7, 7)
+    assert torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-5)

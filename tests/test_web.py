@@ -1,0 +1,419 @@
+"""The reviewer page in a real browser (Debian's Chromium driven by Playwright) against the real
+API on a real uvicorn server: sign in, queue order, claim detail, one-key decision, errors.
+
+Screenshots go to pytest's tmp folder (or TRIAGE_WEB_SCREENSHOTS, to look at them by hand).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from api_server import TEST_LIMITS, ApiServer, run_api_server
+from conftest import encode, textured_image
+from PIL import Image
+
+from service.auth import Role
+from service.config import Settings
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason=f"reviewer page tests need Chromium at {CHROMIUM} (apt-get install chromium)",
+)
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package")
+
+# Playwright waits (ms): generous for a busy 2-core machine, never part of an assertion.
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """The API with the reviewer page, on SQLite: the page does not depend on the backend."""
+    data_dir = tmp_path_factory.mktemp("web-data")
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'triage.sqlite3'}",
+        model_dir=tiny_model_dir,
+        limits=TEST_LIMITS,
+    )
+    with run_api_server(settings) as running:
+        for name, role in (
+            ("admin", Role.admin),
+            ("reviewer", Role.reviewer),
+            ("buyer", Role.buyer),
+        ):
+            running.keys[name] = running.create_key(role, name)
+        yield running
+
+
+def _created(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def seeded(server: ApiServer) -> dict[str, Any]:
+    """One listing with an image and four claims that land at different priorities."""
+    with server.client(server.keys["admin"]) as admin, server.client(server.keys["buyer"]) as buyer:
+        listing = _created(admin.post("/v1/listings", json={"title": "Blue ceramic mug"}))
+        listing_id = listing["listing_id"]
+        _created(
+            admin.post(
+                f"/v1/listings/{listing_id}/images",
+                files=[("files", ("mug.jpg", encode(textured_image(seed=40)), "image/jpeg"))],
+            )
+        )
+        dark = Image.new("RGB", (640, 480), (6, 6, 8))
+        plans = [
+            ("damaged", "full_refund", [textured_image(seed=1), textured_image(seed=2)], True),
+            ("wrong_item", "replacement", [textured_image(seed=3)], False),
+            ("missing_parts", "partial_refund", [dark], True),
+            ("defective", "full_refund", [], False),
+        ]
+        claim_ids = []
+        for index, (reason, resolution, photos, escalate) in enumerate(plans):
+            claim = _created(
+                buyer.post(
+                    "/v1/claims",
+                    json={
+                        "listing_id": listing_id,
+                        "order_ref": f"ORD-{index}",
+                        "reason": reason,
+                        "resolution": resolution,
+                        "description": f"Test claim {index}: the {reason.replace('_', ' ')} case.",
+                        "amount": "24.90",
+                        "currency": "EUR",
+                    },
+                    headers={"Idempotency-Key": f"web-{index}"},
+                )
+            )
+            if photos:
+                _created(
+                    buyer.post(
+                        f"/v1/claims/{claim['claim_id']}/evidence",
+                        files=[
+                            ("files", (f"p{n}.jpg", encode(photo, quality=90), "image/jpeg"))
+                            for n, photo in enumerate(photos)
+                        ],
+                    )
+                )
+            if escalate:
+                escalated = buyer.post(f"/v1/claims/{claim['claim_id']}/escalate")
+                assert escalated.status_code == 200, escalated.text
+            claim_ids.append(claim["claim_id"])
+    return {"listing_id": listing_id, "claim_ids": claim_ids}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("TRIAGE_WEB_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def open_page(browser: Any, server: ApiServer) -> Iterator[Callable[..., Any]]:
+    """Opens the page in fresh tabs (fresh sessionStorage), with browser errors collected;
+    closes them after the test."""
+    contexts = []
+
+    def open_tab(*, width: int = 1280, height: int = 900) -> Any:
+        context = browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.errors = []
+        page.on("pageerror", lambda error: page.errors.append(str(error)))
+        page.goto(f"{server.base_url}/")  # the app redirects / to the page
+        return page
+
+    yield open_tab
+    for context in contexts:
+        context.close()
+
+
+def sign_in(page: Any, key: str) -> None:
+    page.get_by_label("Reviewer API key").fill(key)
+    page.get_by_role("button", name="Open the queue").click()
+
+
+def api_queue(server: ApiServer) -> list[dict[str, Any]]:
+    with server.client(server.keys["reviewer"]) as reviewer:
+        response = reviewer.get("/v1/queue", params={"limit": 100})
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def api_audit(server: ApiServer, claim_id: str) -> list[dict[str, Any]]:
+    with server.client(server.keys["reviewer"]) as reviewer:
+        response = reviewer.get(f"/v1/claims/{claim_id}/audit")
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+def rendered_queue(page: Any) -> list[str]:
+    return page.locator("#queue-list .queue-item").evaluate_all(
+        "items => items.map(item => item.dataset.claimId)"
+    )
+
+
+def test_queue_matches_api_and_a_key_press_records_the_decision(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any], screenshots: Path
+) -> None:
+    expected = api_queue(server)
+    assert {claim["claim_id"] for claim in expected} == set(seeded["claim_ids"])
+
+    page = open_page()
+    sign_in(page, server.keys["reviewer"])
+    page.locator("#queue-list .queue-item").nth(len(expected) - 1).wait_for()
+    assert rendered_queue(page) == [claim["claim_id"] for claim in expected]
+    assert page.locator("#queue-count").inner_text() == str(len(expected))
+
+    # j / k move through the queue in its order.
+    for key, position in (("j", 0), ("j", 1), ("k", 0)):
+        page.keyboard.press(key)
+        page.locator("#detail-body .detail-sub", has_text=expected[position]["claim_id"]).wait_for()
+
+    # The claim with two photos: evidence as authenticated blobs, heatmaps, the listing beside.
+    damaged_id = seeded["claim_ids"][0]
+    order = [claim["claim_id"] for claim in expected]
+    damaged = expected[order.index(damaged_id)]
+    page.locator(f'.queue-item[data-claim-id="{damaged_id}"]').click()
+    page.locator("#detail-body .detail-sub", has_text=damaged_id).wait_for()
+    assert page.locator("#detail-body .evidence img.photo").count() == 2
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#detail-body img.photo')]"
+        ".every(img => img.src.startsWith('blob:') && img.complete && img.naturalWidth > 0)"
+    )
+    assert page.locator("#detail-body .listing img.photo").count() == 1
+    page.keyboard.press("h")  # heatmap overlays load on demand
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#detail-body .heatmap')]"
+        ".every(img => !img.hidden && img.src.startsWith('blob:') && img.naturalWidth > 0)"
+    )
+    for reason in damaged["triage"]["reasons"]:
+        assert page.locator("#detail-body .reasons li", has_text=reason).count() == 1
+    page.screenshot(path=str(screenshots / "reviewer-page-1280.png"))
+
+    # 4 = reject: one key, no confirmation; the page goes on with the claim that takes its place.
+    position = order.index(damaged_id)
+    following = order[position + 1] if position + 1 < len(order) else order[position - 1]
+    page.keyboard.press("4")
+    page.locator(".toast", has_text="Reject recorded").wait_for()
+    page.locator("#detail-body .detail-sub", has_text=following).wait_for()
+    with server.client(server.keys["reviewer"]) as reviewer:
+        claim = reviewer.get(f"/v1/claims/{damaged_id}").json()
+    audit = api_audit(server, damaged_id)
+    assert claim["status"] == "resolved"
+    assert claim["decision"] == "reject"
+    reviews = [event for event in audit if event["action"] == "review_recorded"]
+    assert [event["detail"]["decision"] for event in reviews] == ["reject"]
+    assert damaged_id not in rendered_queue(page)
+    assert page.errors == []
+
+
+def test_history_shows_the_recorded_review(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    target = api_queue(server)[0]["claim_id"]
+    with server.client(server.keys["reviewer"]) as reviewer:
+        recorded = reviewer.post(
+            f"/v1/claims/{target}/reviews",
+            json={"decision": "request_more_evidence", "notes": "Photo of the label, please."},
+        )
+    assert recorded.status_code == 201, recorded.text
+
+    page = open_page()
+    sign_in(page, server.keys["reviewer"])
+    page.locator(f'.queue-item[data-claim-id="{target}"]').click()
+    history = page.locator('#detail-body .audit li[data-action="review_recorded"]')
+    history.wait_for()
+    assert "Ask for more evidence" in history.inner_text()
+
+
+def test_partial_refund_key_asks_for_the_amount_first(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    page = open_page()
+    sign_in(page, server.keys["reviewer"])
+    page.locator("#queue-list .queue-item").first.wait_for()
+    page.keyboard.press("j")
+    claim_id = page.locator("#queue-list .queue-item").first.get_attribute("data-claim-id")
+    page.locator("#detail-body .detail-sub", has_text=claim_id).wait_for()
+
+    audit_before = api_audit(server, claim_id)
+    page.keyboard.press("2")
+    page.locator(".toast", has_text="amount to refund").wait_for()
+    assert page.evaluate("document.activeElement.id") == "decision-amount"
+
+    # An amount above the claimed one is refused by the API: its problem detail is shown.
+    page.keyboard.type("99.00")
+    page.keyboard.press("Enter")
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "exceeds the claimed amount" in alert.inner_text()
+    assert api_audit(server, claim_id) == audit_before
+
+
+def test_a_key_pressed_while_the_next_claim_loads_decides_nothing(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    first, second = (claim["claim_id"] for claim in api_queue(server)[:2])
+    before = {claim_id: api_audit(server, claim_id) for claim_id in (first, second)}
+    page = open_page()
+    sign_in(page, server.keys["reviewer"])
+    page.locator("#queue-list .queue-item").first.wait_for()
+    page.keyboard.press("j")
+    page.locator("#detail-body .detail-sub", has_text=first).wait_for()
+
+    # Hold the second claim's response so that it is still loading when the key is pressed.
+    held: list[Any] = []
+    page.route(f"**/v1/claims/{second}", lambda route: held.append(route))
+    page.keyboard.press("j")
+    page.wait_for_function(
+        "id => document.querySelector('.queue-item[aria-current=\"true\"]').dataset.claimId === id",
+        arg=second,
+    )
+    while not held:
+        page.wait_for_timeout(20)
+    page.keyboard.press("4")
+    page.locator(".toast", has_text="still loading").wait_for()
+    held[0].continue_()
+    page.locator("#detail-body .detail-sub", has_text=second).wait_for()
+    assert {claim_id: api_audit(server, claim_id) for claim_id in (first, second)} == before
+
+
+def test_a_refused_key_shows_the_problem_and_asks_again(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    page = open_page()
+    sign_in(page, "trk_" + "x" * 43)
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "This API key is not valid" in alert.inner_text()
+    assert page.get_by_label("Reviewer API key").is_visible()
+    assert page.evaluate("sessionStorage.getItem('triage.reviewerKey')") is None
+
+
+def test_a_buyer_key_is_refused_by_the_queue(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    page = open_page()
+    sign_in(page, server.keys["buyer"])
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "(403)" in alert.inner_text()
+    assert page.get_by_label("Reviewer API key").is_visible()
+
+
+def test_narrow_screen_has_no_sideways_scrolling(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any], screenshots: Path
+) -> None:
+    page = open_page(width=390, height=844)
+    sign_in(page, server.keys["reviewer"])
+    page.locator("#queue-list .queue-item").first.wait_for()
+    page.keyboard.press("j")
+    page.locator("#detail-body .decide, #detail-body .decided").first.wait_for()
+    page.screenshot(path=str(screenshots / "reviewer-page-390.png"), full_page=True)
+    overflow = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0
+    assert page.errors == []
+
+
+def test_filters_and_paging_follow_the_api(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    page_size = 25  # the page's own page size (PAGE_SIZE in app.js)
+    missing = page_size + 2 - len(api_queue(server))
+    with server.client(server.keys["buyer"]) as buyer:
+        for index in range(missing):
+            _created(
+                buyer.post(
+                    "/v1/claims",
+                    json={
+                        "listing_id": seeded["listing_id"],
+                        "order_ref": f"ORD-PAGE-{index}",
+                        "reason": "not_as_described",
+                        "resolution": "full_refund",
+                    },
+                    headers={"Idempotency-Key": f"web-page-{index}"},
+                )
+            )
+    expected = [claim["claim_id"] for claim in api_queue(server)]
+    assert len(expected) > page_size
+
+    page = open_page()
+    sign_in(page, server.keys["reviewer"])
+    page.locator("#queue-list .queue-item").nth(page_size - 1).wait_for()
+    assert rendered_queue(page) == expected[:page_size]
+    page.get_by_role("button", name="Load more").click()
+    page.locator("#queue-list .queue-item").nth(len(expected) - 1).wait_for()
+    assert rendered_queue(page) == expected
+    assert page.get_by_role("button", name="Load more").is_hidden()
+
+    page.get_by_label("Reason").select_option("not_as_described")
+    with server.client(server.keys["reviewer"]) as reviewer:
+        filtered = reviewer.get("/v1/queue", params={"reason": "not_as_described", "limit": 100})
+    wanted = [claim["claim_id"] for claim in filtered.json()["data"]][:page_size]
+    page.wait_for_function(
+        "count => document.querySelectorAll('#queue-list .queue-item').length === count",
+        arg=len(wanted),
+    )
+    assert rendered_queue(page) == wanted
+
+
+NOW = "2026-03-10T12:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("deadline", "phrase", "urgency"),
+    [
+        ("2026-03-13T13:00:00Z", "due in 3 days", "later"),
+        ("2026-03-11T12:01:00Z", "due in 1 day", "soon"),
+        ("2026-03-10T17:30:00Z", "due in 6 hours", "soon"),
+        ("2026-03-10T12:20:00Z", "due in 1 hour", "soon"),
+        ("2026-03-10T11:00:00Z", "overdue by 1 day", "overdue"),
+        ("2026-03-08T11:00:00Z", "overdue by 3 days", "overdue"),
+        (None, "no deadline", "none"),
+    ],
+)
+def test_deadline_wording_matches_the_policy_rounding(
+    open_page: Callable[..., Any], deadline: str | None, phrase: str, urgency: str
+) -> None:
+    page = open_page()
+    result = page.evaluate(
+        """async ([deadline, now]) => {
+            const format = await import("./format.js");
+            return [
+                format.deadlinePhrase(deadline, new Date(now)),
+                format.deadlineUrgency(deadline, new Date(now)),
+            ];
+        }""",
+        [deadline, NOW],
+    )
+    assert result == [phrase, urgency]

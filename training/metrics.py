@@ -1,0 +1,156 @@
+"""Evaluation metrics and calibration fits: pure numpy, no torch, so the notebook can use them."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    positives, negatives = labels.sum(), (~labels).sum()
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = 0.5 * (start + end - 1) + 1.0
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    labels = np.asarray(labels, dtype=bool)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    hits = labels[order]
+    if hits.sum() == 0:
+        return float("nan")
+    precision_at_hit = np.cumsum(hits)[hits] / (np.flatnonzero(hits) + 1)
+    return float(precision_at_hit.mean())
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels, dtype=bool)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    hits = labels[order]
+    tpr = np.concatenate([[0.0], np.cumsum(hits) / max(hits.sum(), 1)])
+    fpr = np.concatenate([[0.0], np.cumsum(~hits) / max((~hits).sum(), 1)])
+    return fpr, tpr
+
+
+def precision_recall_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels, dtype=bool)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    hits = labels[order]
+    true_positives = np.cumsum(hits)
+    precision = true_positives / np.arange(1, len(hits) + 1)
+    recall = true_positives / max(hits.sum(), 1)
+    return recall, precision
+
+
+def reliability(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per equal-width bin: mean confidence, observed frequency, count."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    index = np.minimum((probabilities * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins).astype(np.float64)
+    safe = np.maximum(counts, 1)
+    confidence = np.bincount(index, probabilities, minlength=bins) / safe
+    frequency = np.bincount(index, labels, minlength=bins) / safe
+    return confidence, frequency, counts
+
+
+def expected_calibration_error(
+    labels: np.ndarray, probabilities: np.ndarray, bins: int = 15
+) -> float:
+    confidence, frequency, counts = reliability(labels, probabilities, bins)
+    return float(np.sum(counts * np.abs(confidence - frequency)) / max(counts.sum(), 1))
+
+
+def binary_nll(labels: np.ndarray, logits: np.ndarray) -> float:
+    labels = np.asarray(labels, dtype=np.float64)
+    logits = np.asarray(logits, dtype=np.float64)
+    return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
+
+
+def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
+    """Temperature T minimising the NLL of sigmoid(logit / T) (searched in log space)."""
+    result = minimize_scalar(
+        lambda log_t: binary_nll(labels, np.asarray(logits) / np.exp(log_t)),
+        bounds=(np.log(0.05), np.log(50.0)),
+        method="bounded",
+    )
+    return float(np.exp(result.x))
+
+
+def fit_logistic(
+    labels: np.ndarray, x: np.ndarray, l2: float = 1e-4, iterations: int = 50
+) -> tuple[float, float]:
+    """One-feature logistic regression by Newton's method: p = sigmoid(slope * x + intercept)."""
+    y = np.asarray(labels, dtype=np.float64)
+    design = np.stack([np.asarray(x, dtype=np.float64), np.ones(len(y))], axis=1)
+    weights = np.zeros(2)
+    for _ in range(iterations):
+        p = sigmoid(design @ weights)
+        gradient = design.T @ (p - y) / len(y) + l2 * weights
+        hessian = (design.T * (p * (1 - p))) @ design / len(y) + l2 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        weights -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return float(weights[0]), float(weights[1])
+
+
+def high_threshold(labels: np.ndarray, probabilities: np.ndarray, precision: float = 0.95) -> float:
+    """Lowest probability at or above which flagged items are at least `precision` positive.
+    Falls back to the strictest grid value when no threshold reaches it."""
+    labels = np.asarray(labels, dtype=bool)
+    grid = np.round(np.arange(0.5, 0.991, 0.01), 2)
+    for threshold in grid:
+        flagged = probabilities >= threshold
+        if flagged.sum() >= 5 and labels[flagged].mean() >= precision:
+            return float(threshold)
+    return float(grid[-1])
+
+
+def low_threshold(labels: np.ndarray, probabilities: np.ndarray, miss_rate: float = 0.05) -> float:
+    """Highest probability below which at most `miss_rate` of the cleared items are positive."""
+    labels = np.asarray(labels, dtype=bool)
+    grid = np.round(np.arange(0.5, 0.009, -0.01), 2)
+    for threshold in grid:
+        cleared = probabilities < threshold
+        if cleared.sum() >= 5 and labels[cleared].mean() <= miss_rate:
+            return float(threshold)
+    return float(grid[-1])
+
+
+def confusion_at(labels: np.ndarray, probabilities: np.ndarray, low: float, high: float
+                 ) -> dict[str, dict[str, int]]:
+    """Counts per true label of the three lanes the thresholds make: below low, between, above."""
+    labels = np.asarray(labels, dtype=bool)
+    lanes = {
+        "below_low": probabilities < low,
+        "between": (probabilities >= low) & (probabilities < high),
+        "at_or_above_high": probabilities >= high,
+    }
+    return {
+        truth: {lane: int((mask & (labels == value)).sum()) for lane, mask in lanes.items()}
+        for truth, value in (("positive", True), ("negative", False))
+    }
+
+
+def retrieval_at_k(similarities: np.ndarray, true_index: np.ndarray, k: int) -> float:
+    """Fraction of rows whose true column is among the k most similar."""
+    top = np.argsort(-similarities, axis=1)[:, :k]
+    return float(np.mean([true in row for true, row in zip(true_index, top, strict=True)]))

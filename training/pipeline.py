@@ -1,0 +1,292 @@
+"""The stages after training: calibrate, evaluate, export (with parity check and INT8 study),
+and the model card. Each stage reads what the previous one wrote into the run directory."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from service.intake import open_photo
+from service.preprocess import batch_inputs, model_input
+from training.calibrate import fit_calibration
+from training.card import build_card, write_card
+from training.config import TrainConfig
+from training.data import load_photo, make_splits
+from training.evaluate import (
+    Calibration,
+    heldout_figures,
+    localisation_figures,
+    quick_figures,
+    tile_samples,
+)
+from training.export import export_onnx, latency_ms, onnx_session, quantize_int8, run_onnx
+from training.model import EvidenceNet
+from training.samples import KIND_PACKAGE, KIND_PHOTO, Sample, render
+from training.train import (
+    build_prefix_cache,
+    checkpoint_path,
+    data_caches,
+    heldout_samples,
+    load_model,
+    predict_cache,
+)
+
+VARIANTS = ("model", "baseline")
+PARITY_TOLERANCE = 1e-4
+# INT8 ships only if it is clearly faster and costs (almost) nothing in the held-out figures.
+INT8_MIN_SPEEDUP = 1.25
+INT8_MAX_AUROC_DROP = 0.01
+
+
+def _json(path: Path, value: Any | None = None) -> Any:
+    if value is None:
+        return json.loads(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n")
+    return value
+
+
+def trained_models(config: TrainConfig) -> dict[str, EvidenceNet]:
+    models = {}
+    for variant in VARIANTS:
+        variant_config = TrainConfig.from_dict({**config.to_dict(),
+                                                "fine_tune": variant == "model"})
+        models[variant], _, _ = load_model(checkpoint_path(variant_config))
+    return models
+
+
+def listing_copies(image: Image.Image) -> list[Image.Image]:
+    """What a re-uploaded listing photo looks like: re-encoded, resized, cropped, brightened."""
+    def jpeg(picture: Image.Image, quality: int) -> Image.Image:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=quality)
+        return open_photo(buffer.getvalue()).image
+
+    width, height = image.size
+    margin_w, margin_h = width // 20, height // 20
+    return [
+        jpeg(image, 50),
+        jpeg(image.resize((max(1, width // 2), max(1, height // 2))), 75),
+        jpeg(image.crop((margin_w, margin_h, width - margin_w, height - margin_h)), 80),
+        jpeg(image.point(lambda value: min(255, int(value * 1.1))), 70),
+    ]
+
+
+@torch.no_grad()
+def copy_similarities(model: EvidenceNet, listing_paths: list[Path]) -> np.ndarray:
+    similarities = []
+    for path in listing_paths:
+        original = load_photo(path)
+        images = [original, *listing_copies(original)]
+        embeddings = model(torch.from_numpy(batch_inputs(images)))[2].numpy()
+        similarities.extend((embeddings[1:] @ embeddings[0]).tolist())
+    return np.array(similarities)
+
+
+def calibrate(config: TrainConfig) -> dict[str, Any]:
+    torch.set_num_threads(config.threads)
+    splits = make_splits(Path(config.data_root), config.val_fraction, config.test_fraction,
+                         config.seed)
+    models = trained_models(config)
+    cache, samples = data_caches(config, models["model"], splits, "val")
+    val_listings = [listing.path for listing in splits.listings
+                    if splits.product_split[listing.product] == "val"]
+    result = {}
+    for variant, model in models.items():
+        outputs = predict_cache(model, cache)
+        calibration, thresholds, details = fit_calibration(
+            samples, cache.damage.numpy(), outputs, splits, copy_similarities(model, val_listings))
+        result[variant] = {"calibration": calibration.__dict__, "thresholds": thresholds,
+                           "details": details}
+    return _json(Path(config.run_dir) / "calibration.json", result)
+
+
+def _calibration(entry: dict[str, Any]) -> Calibration:
+    return Calibration(**entry["calibration"])
+
+
+def evaluate(config: TrainConfig) -> dict[str, Any]:
+    """Held-out test figures for the fine-tuned model and the frozen-trunk baseline (they share
+    the frozen prefix, so its features are computed once for both)."""
+    torch.set_num_threads(config.threads)
+    splits = make_splits(Path(config.data_root), config.val_fraction, config.test_fraction,
+                         config.seed)
+    calibrations = _json(Path(config.run_dir) / "calibration.json")
+    models = trained_models(config)
+    cache, samples = data_caches(config, models["model"], splits, "test")
+    tiles = tile_samples(Path(config.data_root), config.tiles_intact_limit, config.eval_limit)
+    tiles_cache = build_prefix_cache(models["model"], tiles, "tiles")
+    tiles_rendered = [render(sample) for sample in tiles]
+    report: dict[str, Any] = {"split": "test: grocery products and package source_ids never "
+                              "seen in training or calibration; tiles never used in training"}
+    for variant, model in models.items():
+        entry = calibrations[variant]
+        figures = heldout_figures(samples, cache.damage.numpy(), cache.kinds_drawn,
+                                  predict_cache(model, cache), splits, _calibration(entry),
+                                  entry["thresholds"])
+        figures["localisation_tiles"] = localisation_figures(
+            tiles_rendered, predict_cache(model, tiles_cache))
+        report[variant] = figures
+    return _json(Path(config.run_dir) / "evaluation.json", report)
+
+
+def parity_photos(config: TrainConfig, count: int = 8) -> list[Image.Image]:
+    """Real photos (phone photos, a catalog image, packages) decoded by the service's intake."""
+    splits = make_splits(Path(config.data_root), config.val_fraction, config.test_fraction,
+                         config.seed)
+    photos = splits.grocery_photos["val"][:: max(1, len(splits.grocery_photos["val"]) // count)]
+    paths = [p.path for p in photos[: count // 2]] + [splits.listings[0].path]
+    paths += [p.path for p in splits.packages["val"][: count - len(paths)]]
+    return [open_photo(path.read_bytes()).image for path in paths]
+
+
+def torch_onnx_max_difference(model: EvidenceNet, onnx_path: Path, images: list[Image.Image]
+                              ) -> float:
+    batch = np.stack([model_input(image) for image in images])
+    with torch.no_grad():
+        expected = [tensor.numpy() for tensor in model(torch.from_numpy(batch))]
+    actual = run_onnx(onnx_session(onnx_path), batch)
+    return max(float(np.abs(actual[name] - value).max())
+               for name, value in zip(actual, expected, strict=True))
+
+
+def _onnx_figures(path: Path, rendered_images: np.ndarray, samples: list[Sample],
+                  labels: np.ndarray, splits: Any) -> dict[str, float]:
+    session = onnx_session(path)
+    parts = [run_onnx(session, rendered_images[start : start + 32])
+             for start in range(0, len(rendered_images), 32)]
+    outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    return quick_figures(samples, labels, outputs, splits)
+
+
+def int8_study(config: TrainConfig, fp32_path: Path, int8_path: Path) -> dict[str, Any]:
+    """Static QDQ INT8 calibrated on validation photos, against fp32: speed and held-out loss."""
+    splits = make_splits(Path(config.data_root), config.val_fraction, config.test_fraction,
+                         config.seed)
+    limited = TrainConfig.from_dict({**config.to_dict(), "eval_limit": config.eval_limit or 150})
+    calibration_samples = [s for s in heldout_samples(limited, splits, "val")
+                           if s.kind in (KIND_PHOTO, KIND_PACKAGE)]
+    calibration_images = np.stack([render(s).image for s in calibration_samples])
+    quantize_int8(fp32_path, int8_path,
+                  [calibration_images[i : i + 16] for i in range(0, len(calibration_images), 16)])
+    test_samples = heldout_samples(limited, splits, "test")
+    rendered = [render(s) for s in test_samples]
+    images = np.stack([item.image for item in rendered])
+    labels = np.array([item.damage for item in rendered])
+    study: dict[str, Any] = {"calibration_images": len(calibration_images),
+                             "test_images": len(test_samples), "threads": 2}
+    for name, path in (("fp32", fp32_path), ("int8", int8_path)):
+        study[name] = {
+            "size_mb": round(path.stat().st_size / 1e6, 2),
+            "latency_ms_batch1": round(latency_ms(path, images[:1], repeats=30), 2),
+            "latency_ms_per_image_batch8": round(latency_ms(path, images[:8], repeats=10), 2),
+            **_onnx_figures(path, images, test_samples, labels, splits),
+        }
+    speedup = study["fp32"]["latency_ms_batch1"] / study["int8"]["latency_ms_batch1"]
+    drop = max(study["fp32"][key] - study["int8"][key] for key in
+               ("damage_auroc_synthetic", "damage_auroc_packages", "mismatch_auroc"))
+    ship_int8 = speedup >= INT8_MIN_SPEEDUP and drop <= INT8_MAX_AUROC_DROP
+    study["speedup_batch1"] = round(speedup, 3)
+    study["largest_auroc_drop"] = round(drop, 4)
+    study["shipped"] = "int8" if ship_int8 else "fp32"
+    study["rule"] = (f"ship INT8 only if at least {INT8_MIN_SPEEDUP}x faster at batch 1 and no "
+                     f"held-out AUROC drops by more than {INT8_MAX_AUROC_DROP}")
+    return study
+
+
+def export(config: TrainConfig) -> Path:
+    """Export the fine-tuned model, check parity, study INT8, write the model directory."""
+    torch.set_num_threads(config.threads)
+    run_dir = Path(config.run_dir)
+    model, _, state = load_model(checkpoint_path(config))
+    fp32_path = export_onnx(model, run_dir / "model.fp32.onnx")
+    parity = torch_onnx_max_difference(model, fp32_path, parity_photos(config))
+    if parity > PARITY_TOLERANCE:
+        raise RuntimeError(f"torch and onnxruntime disagree by {parity:.2e}")
+    study = int8_study(config, fp32_path, run_dir / "model.int8.onnx")
+    _json(run_dir / "int8_study.json", study)
+    model_dir = config.model_dir
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shipped = fp32_path if study["shipped"] == "fp32" else run_dir / "model.int8.onnx"
+    (model_dir / "model.onnx").write_bytes(shipped.read_bytes())
+    write_card(model_card(config, state, parity, study), model_dir)
+    return model_dir
+
+
+def _headline(figures: dict[str, Any]) -> dict[str, float]:
+    return {
+        "damage_auroc_synthetic_unseen_products":
+            figures["damage_synthetic_unseen_products"]["auroc"],
+        "damage_ap_synthetic_unseen_products":
+            figures["damage_synthetic_unseen_products"]["average_precision"],
+        "damage_ece_synthetic_unseen_products": figures["damage_synthetic_unseen_products"]["ece"],
+        "damage_auroc_real_packages": figures["damage_real_packages"]["auroc"],
+        "damage_ap_real_packages": figures["damage_real_packages"]["average_precision"],
+        "damage_ece_real_packages": figures["damage_real_packages"]["ece"],
+        "mismatch_auroc_same_coarse_class": figures["mismatch_same_coarse_class"]["auroc"],
+        "mismatch_ece": figures["mismatch_same_coarse_class"]["ece"],
+        "retrieval_top1_all_listings": figures["retrieval_all_listings"]["top1"],
+        "retrieval_top5_all_listings": figures["retrieval_all_listings"]["top5"],
+        "heatmap_pixel_auroc_tiles": figures["localisation_tiles"]["pixel_auroc"],
+        "damage_image_auroc_tiles": figures["localisation_tiles"]["image_auroc"],
+    }
+
+
+TARGETS = {
+    "mismatch_auroc_same_coarse_class": (">=", 0.95),
+    "damage_auroc_synthetic_unseen_products": (">=", 0.95),
+    "damage_auroc_real_packages": (">=", 0.85),
+    "damage_ece_synthetic_unseen_products": ("<=", 0.05),
+    "damage_ece_real_packages": ("<=", 0.05),
+    "mismatch_ece": ("<=", 0.05),
+}
+
+
+def model_card(config: TrainConfig, state: dict[str, Any], parity: float, study: dict[str, Any]
+               ) -> dict[str, Any]:
+    run_dir = Path(config.run_dir)
+    calibrations = _json(run_dir / "calibration.json")
+    evaluation = _json(run_dir / "evaluation.json")
+    metrics = _headline(evaluation["model"])
+    baseline = _headline(evaluation["baseline"])
+    targets = {
+        name: {"target": f"{op} {value}", "value": round(metrics[name], 4),
+               "met": metrics[name] >= value if op == ">=" else metrics[name] <= value}
+        for name, (op, value) in TARGETS.items()
+    }
+    entry = calibrations["model"]
+    baseline_state = torch.load(run_dir / "baseline.pt", map_location="cpu", weights_only=False)
+    return build_card(
+        name=config.name, version=config.version, embedding_dim=config.embedding_dim,
+        temperature=round(entry["calibration"]["temperature"], 4),
+        mismatch_slope=round(entry["calibration"]["mismatch_slope"], 4),
+        mismatch_intercept=round(entry["calibration"]["mismatch_intercept"], 4),
+        thresholds=entry["thresholds"],
+        metrics={**{k: round(v, 4) for k, v in metrics.items()}, "targets": targets,
+                 "detail": evaluation["model"], "split": evaluation["split"]},
+        baselines={**{k: round(v, 4) for k, v in baseline.items()},
+                   "what": "the same heads trained with the same recipe on the frozen ImageNet "
+                   "trunk (no fine-tuning)", "detail": evaluation["baseline"],
+                   "calibration": calibrations["baseline"]},
+        training={
+            "config": state["config"],
+            "steps": state["step"],
+            "train_seconds_fine_tuned": round(state["train_seconds"], 1),
+            "train_seconds_baseline": round(baseline_state["train_seconds"], 1),
+            "history": state["history"],
+            "calibration_details": entry["details"],
+            "command": "python -m training run",
+            "trained_at": time.strftime("%Y-%m-%d", time.gmtime()),
+        },
+        provisional=False,
+        extra={"export": {"opset": 17, "exporter": "torch.onnx (TorchScript, dynamo=False)",
+                          "dynamic_axes": "batch", "torch_onnx_max_abs_diff": parity,
+                          "format": study["shipped"], "int8_study": study}},
+    )

@@ -1,0 +1,325 @@
+"""Training: cache the frozen trunk prefix once, then train the heads (and the later blocks).
+
+In the style of torchvision's classification references: `train_one_epoch`, `evaluate` and
+`main(config)`. An "epoch" here is a fixed chunk of optimiser steps (`checkpoint_every`) over
+freshly sampled batches, after which a checkpoint (with the config inside) is written, so a run
+can be stopped and resumed and always ends after `steps` steps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training.config import TrainConfig
+from training.data import Splits, make_splits
+from training.evaluate import quick_figures
+from training.model import EvidenceNet
+from training.samples import (
+    KIND_CATALOG,
+    KIND_PACKAGE,
+    KIND_PHOTO,
+    Sample,
+    heldout_samples,
+    render,
+    training_samples,
+)
+
+CACHE_BATCH = 32
+
+
+@dataclass
+class PrefixCache:
+    """Frozen-prefix features of rendered samples, with their labels (all tensors, row-aligned)."""
+
+    features: torch.Tensor  # (N, C, 14, 14) float16
+    damage: torch.Tensor  # (N,)
+    map_target: torch.Tensor  # (N, 7, 7)
+    has_map: torch.Tensor  # (N,) bool
+    product: torch.Tensor  # (N,) long, -1 when not a grocery/user product
+    kind: list[str]
+    kinds_drawn: list[tuple[str, ...]]
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+@torch.no_grad()
+def build_prefix_cache(model: EvidenceNet, samples: list[Sample], description: str
+                       ) -> PrefixCache:
+    model.eval()
+    features, damage, targets, has_map, kinds_drawn = [], [], [], [], []
+    for start in tqdm(range(0, len(samples), CACHE_BATCH), desc=description, unit="batch"):
+        rendered = [render(sample) for sample in samples[start : start + CACHE_BATCH]]
+        images = torch.from_numpy(np.stack([item.image for item in rendered]))
+        features.append(model.prefix(images).half())
+        damage.extend(item.damage for item in rendered)
+        targets.extend(item.map_target for item in rendered)
+        has_map.extend(item.has_map for item in rendered)
+        kinds_drawn.extend(item.kinds for item in rendered)
+    return PrefixCache(
+        features=torch.cat(features),
+        damage=torch.tensor(damage, dtype=torch.float32),
+        map_target=torch.from_numpy(np.stack(targets)),
+        has_map=torch.tensor(has_map),
+        product=torch.tensor([sample.product for sample in samples], dtype=torch.long),
+        kind=[sample.kind for sample in samples],
+        kinds_drawn=kinds_drawn,
+    )
+
+
+def cached(path: Path, build: Any) -> PrefixCache:
+    """Load a prefix cache from `path`, or build and save it (cache files are keyed by content)."""
+    if path.exists():
+        return PrefixCache(**torch.load(path, weights_only=False))
+    cache = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(cache.__dict__, path)
+    return cache
+
+
+def cache_key(samples: list[Sample], split_block: int) -> str:
+    text = json.dumps([[str(s.path), s.kind, s.product, s.synthesise, s.real_damage, s.augment,
+                        s.seed] for s in samples] + [split_block])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class BatchSampler:
+    """Batches for both tasks at once. Grocery products come in pairs of the same coarse class
+    where possible (two juices, two apples): their catalog images are each other's hard
+    negatives in the contrastive loss."""
+
+    def __init__(self, cache: PrefixCache, coarse_class: list[str], config: TrainConfig) -> None:
+        self.config = config
+        kinds = np.array(cache.kind)
+        products = cache.product.numpy()
+        self.photo_rows = defaultdict(list)
+        self.catalog_rows = defaultdict(list)
+        for row, (kind, product) in enumerate(zip(kinds, products, strict=True)):
+            if kind == KIND_PHOTO and product >= 0:
+                self.photo_rows[int(product)].append(row)
+            elif kind == KIND_CATALOG and product >= 0:
+                self.catalog_rows[int(product)].append(row)
+        self.products = sorted(set(self.photo_rows) & set(self.catalog_rows))
+        self.package_rows = np.flatnonzero(kinds == KIND_PACKAGE)
+        by_class = defaultdict(list)
+        for product in self.products:
+            by_class[coarse_class[product]].append(product)
+        self.class_groups = [group for group in by_class.values() if len(group) > 1]
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of (phone photos, one catalog image per product, package photos)."""
+        wanted = min(self.config.products_per_batch, len(self.products))
+        chosen: list[int] = []
+        while self.class_groups and len(chosen) < wanted // 2:
+            group = self.class_groups[rng.integers(len(self.class_groups))]
+            chosen.extend(int(p) for p in rng.choice(group, size=2, replace=False))
+            chosen = list(dict.fromkeys(chosen))
+        remaining = [p for p in self.products if p not in chosen]
+        extra = rng.choice(remaining, size=max(0, wanted - len(chosen)), replace=False)
+        chosen = (chosen + [int(p) for p in extra])[:wanted]
+        photos = np.array([rng.choice(self.photo_rows[p], size=self.config.photos_per_product)
+                           for p in chosen]).reshape(-1)
+        catalogs = np.array([rng.choice(self.catalog_rows[p]) for p in chosen])
+        packages = (rng.choice(self.package_rows, size=self.config.packages_per_batch)
+                    if len(self.package_rows) else np.zeros(0, dtype=int))
+        return photos, catalogs, packages
+
+
+def damage_losses(
+    damage_logit: torch.Tensor, damage_map: torch.Tensor, cache: PrefixCache, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    labels = cache.damage[rows]
+    image_loss = F.binary_cross_entropy_with_logits(damage_logit, labels)
+    has_map = cache.has_map[rows]
+    map_losses = []
+    if has_map.any():
+        map_losses.append(F.binary_cross_entropy_with_logits(
+            damage_map[has_map], cache.map_target[rows][has_map]))
+    weak = ~has_map
+    if weak.any():
+        # A real damaged photo without a mask: somewhere on the map there must be damage.
+        peak = damage_map[weak].flatten(1).amax(dim=1)
+        map_losses.append(F.binary_cross_entropy_with_logits(peak, labels[weak]))
+    return image_loss, torch.stack(map_losses).mean()
+
+
+def embedding_loss(
+    photo_embeddings: torch.Tensor, catalog_embeddings: torch.Tensor, photo_owner: torch.Tensor,
+    same_class: torch.Tensor, temperature: float, margin: float,
+) -> torch.Tensor:
+    """InfoNCE of each phone photo against the batch's catalog images, plus a margin on the
+    hardest catalog image of another product in the same coarse class."""
+    similarity = photo_embeddings @ catalog_embeddings.T
+    contrastive = F.cross_entropy(similarity / temperature, photo_owner)
+    positive = similarity.gather(1, photo_owner[:, None]).squeeze(1)
+    hard_pool = same_class[photo_owner].clone()
+    hard_pool[torch.arange(len(photo_owner)), photo_owner] = False
+    hardest = similarity.masked_fill(~hard_pool, -2.0).amax(dim=1)
+    has_hard = hard_pool.any(dim=1)
+    triplet = F.relu(margin + hardest - positive)[has_hard]
+    return contrastive + (triplet.mean() if len(triplet) else similarity.new_zeros(()))
+
+
+def train_one_epoch(
+    model: EvidenceNet, optimizer: torch.optim.Optimizer, scheduler: Any, cache: PrefixCache,
+    sampler: BatchSampler, coarse_class: list[str], rng: np.random.Generator, config: TrainConfig,
+    first_step: int, last_step: int,
+) -> dict[str, float]:
+    model.train()
+    totals: dict[str, float] = defaultdict(float)
+    progress = tqdm(range(first_step, last_step), desc=f"steps {first_step}-{last_step}",
+                    unit="step")
+    for _ in progress:
+        photos, catalogs, packages = sampler.sample(rng)
+        rows = torch.from_numpy(np.concatenate([photos, catalogs, packages]))
+        damage_logit, damage_map, embedding = model.forward_from_prefix(
+            cache.features[rows].float())
+        image_loss, map_loss = damage_losses(damage_logit, damage_map, cache, rows)
+        owners = cache.product[torch.from_numpy(catalogs)]
+        photo_owner = (cache.product[torch.from_numpy(photos)][:, None] == owners[None]).float(
+            ).argmax(dim=1)
+        classes = [coarse_class[int(p)] for p in owners]
+        same_class = torch.tensor([[a == b for b in classes] for a in classes])
+        match_loss = embedding_loss(
+            embedding[: len(photos)], embedding[len(photos) : len(photos) + len(catalogs)],
+            photo_owner, same_class, config.embedding_temperature, config.hard_negative_margin)
+        loss = (image_loss + config.map_loss_weight * map_loss
+                + config.embedding_loss_weight * match_loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        for name, value in (("loss", loss), ("damage", image_loss), ("map", map_loss),
+                            ("match", match_loss)):
+            totals[name] += value.item()
+        progress.set_postfix(loss=f"{float(loss):.3f}", match=f"{float(match_loss):.3f}")
+    return {name: value / max(1, last_step - first_step) for name, value in totals.items()}
+
+
+@torch.no_grad()
+def predict_cache(model: EvidenceNet, cache: PrefixCache, batch: int = 64) -> dict[str, np.ndarray]:
+    model.eval()
+    outputs: dict[str, list[np.ndarray]] = defaultdict(list)
+    for start in range(0, len(cache), batch):
+        logits, maps, embeddings = model.forward_from_prefix(
+            cache.features[start : start + batch].float())
+        outputs["damage_logit"].append(logits.numpy())
+        outputs["damage_map"].append(maps.numpy())
+        outputs["embedding"].append(embeddings.numpy())
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+def evaluate(model: EvidenceNet, cache: PrefixCache, samples: list[Sample], splits: Splits
+             ) -> dict[str, float]:
+    """Quick held-out figures: damage AUROC (synthetic on unseen products, real packages) and
+    mismatch AUROC (own listing against a same-class listing)."""
+    return quick_figures(samples, cache.damage.numpy(), predict_cache(model, cache), splits)
+
+
+def make_optimizer(model: EvidenceNet, config: TrainConfig
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    model.freeze_trunk(fine_tune_suffix=config.fine_tune)
+    head_parameters = [p for name, p in model.named_parameters()
+                       if p.requires_grad and not name.startswith(("suffix_blocks", "head_conv"))]
+    groups = [{"params": head_parameters, "lr": config.head_lr}]
+    trunk_parameters = [p for name, p in model.named_parameters()
+                        if p.requires_grad and name.startswith(("suffix_blocks", "head_conv"))]
+    if trunk_parameters:
+        groups.append({"params": trunk_parameters, "lr": config.trunk_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+    def schedule(step: int) -> float:  # linear warm-up, then cosine decay to zero
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def checkpoint_path(config: TrainConfig) -> Path:
+    return Path(config.run_dir) / ("model.pt" if config.fine_tune else "baseline.pt")
+
+
+def load_model(path: Path) -> tuple[EvidenceNet, TrainConfig, dict[str, Any]]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    config = TrainConfig.from_dict(state["config"])
+    model = EvidenceNet(embedding_dim=config.embedding_dim, split_block=config.split_block,
+                        pretrained=False)
+    model.load_state_dict(state["model"])
+    return model.eval(), config, state
+
+
+def data_caches(config: TrainConfig, model: EvidenceNet, splits: Splits, split: str
+                ) -> tuple[PrefixCache, list[Sample]]:
+    """The prefix cache of a split ('train' or a held-out one), built once per content."""
+    if split == "train":
+        samples, _ = training_samples(config, splits)
+    else:
+        samples = heldout_samples(config, splits, split)
+    key = cache_key(samples, config.split_block)
+    path = Path(config.run_dir).parent / "cache" / f"{split}-{key}.pt"
+    return cached(path, lambda: build_prefix_cache(model, samples, f"cache {split}")), samples
+
+
+def main(config: TrainConfig, resume: bool = True) -> Path:
+    """Train one model (the fine-tuned one, or the frozen-trunk baseline) to `config.steps`."""
+    torch.set_num_threads(config.threads)
+    seed_everything(config.seed)
+    splits = make_splits(Path(config.data_root), config.val_fraction, config.test_fraction,
+                         config.seed)
+    model = EvidenceNet(embedding_dim=config.embedding_dim, split_block=config.split_block)
+    train_cache, _ = data_caches(config, model, splits, "train")
+    val_cache, val_samples = data_caches(config, model, splits, "val")
+    _, products = training_samples(config, splits)
+    listing_class = {listing.product: listing.coarse_class for listing in splits.listings}
+    coarse_class = [listing_class.get(product, product) for product in products]
+    sampler = BatchSampler(train_cache, coarse_class, config)
+    optimizer, scheduler = make_optimizer(model, config)
+    rng = np.random.default_rng(config.seed)
+    path = checkpoint_path(config)
+    step, history, elapsed = 0, [], 0.0
+    if resume and path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        step, history, elapsed = state["step"], state["history"], state["train_seconds"]
+        print(f"resumed {path} at step {step}")
+    while step < config.steps:
+        started = time.perf_counter()
+        last = min(config.steps, step + config.checkpoint_every)
+        losses = train_one_epoch(model, optimizer, scheduler, train_cache, sampler, coarse_class,
+                                 rng, config, step, last)
+        step = last
+        figures = evaluate(model, val_cache, val_samples, splits)
+        elapsed += time.perf_counter() - started
+        history.append({"step": step, **losses, **{f"val_{k}": v for k, v in figures.items()}})
+        print(json.dumps(history[-1]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({
+            "config": config.to_dict(), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
+            "history": history, "train_seconds": elapsed,
+        }, path)
+    return path
