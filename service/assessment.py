@@ -5,8 +5,10 @@ job all call it. The model runs on the photo (damage, heatmap, embedding); the l
 are embedded once and cached by photo id (their content hash), so a listing with many claims is
 embedded once per process; the best-matching listing image gives `match_similarity` and the
 card's calibration turns it into `mismatch`. Quality and duplicate findings come from
-`service.checks.check_photo`; the model adds `listing_photo_reuse` when the embedding is as close
-to a listing image as the card's `listing_reuse_similarity` says only the same picture gets.
+`service.checks.inspect_photo`, which also names the stored photos a `duplicate_across_claims`
+repeats; the model adds `listing_photo_reuse` when the embedding is as close to a listing image as
+the card's `listing_reuse_similarity` says only the same picture gets. Each photo's window hashes
+(`service.duplicates.photo_windows`) are computed once here, for the look-up and for storing.
 
 No web or database imports: this is part of the inference core.
 """
@@ -17,15 +19,15 @@ import io
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
-from service.checks import LISTING_PHOTO_REUSE, check_photo
-from service.duplicates import DuplicateIndex, perceptual_hash
+from service.checks import LISTING_PHOTO_REUSE, PhotoFindings, inspect_photo
+from service.duplicates import DuplicateIndex, format_hash, photo_windows
 from service.engine import ModelCard, ModelOutput, cosine_similarities
 from service.intake import DEFAULT_LIMITS, IntakeLimits, Photo, PhotoRejected, open_photo
 from service.quality import QualityIssue, rejection_issue
@@ -50,8 +52,10 @@ class PhotoAssessment:
     """Everything known about one claim photo after scoring.
 
     `heatmap` is (7, 7) damage probabilities over the letterboxed model input (see
-    `heatmap_png`); `embedding` and `perceptual_hash` (16 hex digits, as stored) are kept so the
-    API and the batch job can persist them and search for duplicates.
+    `heatmap_png`); `embedding` and `window_hashes` (`photo_windows`, whole frame first) are kept
+    so the API and the batch job can persist them and index the photo for duplicate look-ups.
+    `duplicate_refs` are the index references this photo nearly repeats, nearest first (empty
+    when no index was given): the `duplicate_across_claims` finding comes with them.
     """
 
     photo_id: str
@@ -63,7 +67,13 @@ class PhotoAssessment:
     issues: tuple[QualityIssue, ...]
     model_version: str
     embedding: np.ndarray
-    perceptual_hash: str
+    window_hashes: tuple[int, ...]
+    duplicate_refs: tuple[str, ...] = ()
+
+    @property
+    def perceptual_hash(self) -> str:
+        """The whole-frame hash, 16 hex digits, as stored and as the look-up uses it."""
+        return format_hash(self.window_hashes[0])
 
     @property
     def quality_codes(self) -> tuple[str, ...]:
@@ -175,38 +185,44 @@ class Assessor:
     ) -> list[PhotoAssessment]:
         """Score several photos of one claim in one model run.
 
-        `duplicate_index` and `exclude_refs` go to `check_photo` for `duplicate_across_claims`
-        (exclude the claim's own references so a re-upload to the same claim is not flagged).
-        `duplicate_lock`, when given, is held only while the checks read the index, never
-        during the model run, so concurrent requests still meet in the micro-batcher.
+        `duplicate_index` and `exclude_refs` go to `inspect_photo` for `duplicate_across_claims`
+        and `duplicate_refs` (exclude the claim's own references so a re-upload to the same
+        claim is not flagged). `duplicate_lock`, when given, is held only while the index is
+        read, never during the model run, so concurrent requests still meet in the
+        micro-batcher.
         """
         if not photos:
             return []
         outputs = self.engine.infer([photo.image for photo in photos])
         listing_matrix = self.listing_embedding_matrix(listing_photos)
-        with duplicate_lock or nullcontext():
-            findings = [
-                check_photo(
-                    photo,
-                    listing_photos=listing_photos,
-                    duplicate_index=duplicate_index,
-                    exclude_refs=exclude_refs,
+        assessments = []
+        for photo, output in zip(photos, outputs, strict=True):
+            window_hashes = photo_windows(photo.image)
+            findings = inspect_photo(
+                photo,
+                listing_photos=listing_photos,
+                duplicate_index=duplicate_index,
+                exclude_refs=exclude_refs,
+                duplicate_lock=duplicate_lock,
+                photo_hash=window_hashes[0],
+            )
+            assessments.append(
+                self._assessment(
+                    photo, output, findings, window_hashes, listing_photos, listing_matrix
                 )
-                for photo in photos
-            ]
-        return [
-            self._assessment(photo, output, issues, listing_photos, listing_matrix)
-            for photo, output, issues in zip(photos, outputs, findings, strict=True)
-        ]
+            )
+        return assessments
 
     def _assessment(
         self,
         photo: Photo,
         output: ModelOutput,
-        issues: list[QualityIssue],
+        findings: PhotoFindings,
+        window_hashes: tuple[int, ...],
         listing_photos: Sequence[Photo],
         listing_matrix: np.ndarray,
     ) -> PhotoAssessment:
+        issues = findings.issues
         mismatch = match_similarity = matched_listing_photo_id = None
         if len(listing_matrix):
             similarities = cosine_similarities(output.embedding, listing_matrix)
@@ -216,7 +232,7 @@ class Assessor:
             mismatch = self.engine.card.mismatch_probability(match_similarity)
             reuse_similarity = self.engine.card.thresholds.listing_reuse_similarity
             if match_similarity >= reuse_similarity and LISTING_PHOTO_REUSE not in issues:
-                issues = [*issues, LISTING_PHOTO_REUSE]
+                issues = (*issues, LISTING_PHOTO_REUSE)
         return PhotoAssessment(
             photo_id=photo.photo_id,
             damage=output.damage,
@@ -224,10 +240,11 @@ class Assessor:
             mismatch=mismatch,
             match_similarity=match_similarity,
             matched_listing_photo_id=matched_listing_photo_id,
-            issues=tuple(issues),
+            issues=issues,
             model_version=self.engine.model_version,
             embedding=output.embedding,
-            perceptual_hash=f"{perceptual_hash(photo.image):016x}",
+            window_hashes=window_hashes,
+            duplicate_refs=tuple(match.ref for match in findings.duplicates),
         )
 
 

@@ -14,8 +14,9 @@ Resuming: results are written as they are made, a chunk of rows at a time, into 
 `<out>.parts/` (each part written to a temporary name and renamed, so a killed run leaves only
 whole parts). `--resume` skips the manifest rows the parts already hold; the final files are
 assembled from the parts at the end. Duplicate detection across claims runs in manifest order
-with the same duplicate index the API uses, and is rebuilt from the parts on resume, so a resumed
-run finds the same duplicates as an uninterrupted one.
+with the API's duplicate index and look-up (`service.checks.find_duplicates`, each photo stored
+under its crop windows), and is rebuilt from the parts on resume, so a resumed run finds the same
+duplicates as an uninterrupted one.
 
 Engines: `local` decodes the next photos in a background thread while the model scores the
 current one (both cores busy, one onnxruntime session); `ray` (the optional `ray` extra) runs the
@@ -44,8 +45,14 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from service.assessment import Assessor, ScoredFile
-from service.checks import DUPLICATE_ACROSS_CLAIMS
-from service.duplicates import DUPLICATE_MAX_DISTANCE, DuplicateIndex
+from service.checks import DUPLICATE_ACROSS_CLAIMS, find_duplicates, reuse_detectable
+from service.duplicates import (
+    DuplicateIndex,
+    claim_of_ref,
+    evidence_ref,
+    format_hashes,
+    parse_hashes,
+)
 from service.engine import ScoringEngine
 from service.intake import Photo, PhotoRejected, open_photo
 from service.policy import ClaimFacts, PhotoFacts, PolicyConfig, triage_claim
@@ -63,10 +70,10 @@ SCORE_COLUMNS = (
 # Kept in the parts for resuming and for the claim file, dropped from the final output.
 ROW = "_row"
 PHOTO_ID = "_photo_id"
-PERCEPTUAL_HASH = "_perceptual_hash"
+WINDOW_HASHES = "_window_hashes"
 ISSUES = "_issues"
 DUPLICATE_CLAIMS = "_duplicate_claims"
-INTERNAL_COLUMNS = (ROW, PHOTO_ID, PERCEPTUAL_HASH, ISSUES, DUPLICATE_CLAIMS)
+INTERNAL_COLUMNS = (ROW, PHOTO_ID, WINDOW_HASHES, ISSUES, DUPLICATE_CLAIMS)
 TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 DEFAULT_CHUNK_ROWS = 128
 PREFETCH_PHOTOS = 4  # photos decoded ahead of the model
@@ -82,7 +89,7 @@ PART_SCHEMA = pa.schema(
         ("error", pa.string()),
         (ROW, pa.int64()),
         (PHOTO_ID, pa.string()),
-        (PERCEPTUAL_HASH, pa.string()),
+        (WINDOW_HASHES, pa.string()),
         (ISSUES, pa.string()),
         (DUPLICATE_CLAIMS, pa.string()),
     ]
@@ -196,7 +203,7 @@ class RowScore:
     fields: dict[str, Any]  # damage, mismatch, match_similarity, model_version, error
     issues: tuple[tuple[str, str], ...]  # (code, severity)
     photo_id: str | None
-    perceptual_hash: str | None
+    window_hashes: tuple[int, ...]  # the photo's crop windows, whole frame first; () if unscored
     unusable_listing_images: tuple[tuple[str, str], ...] = ()
 
     @classmethod
@@ -212,7 +219,7 @@ class RowScore:
             fields=fields,
             issues=tuple((issue.code, issue.severity) for issue in scored.issues),
             photo_id=None if assessment is None else assessment.photo_id,
-            perceptual_hash=None if assessment is None else assessment.perceptual_hash,
+            window_hashes=() if assessment is None else assessment.window_hashes,
             unusable_listing_images=tuple(unusable),
         )
 
@@ -226,6 +233,7 @@ class RowScore:
             **record
             | {
                 "issues": tuple(tuple(issue) for issue in record["issues"]),
+                "window_hashes": tuple(record["window_hashes"]),
                 "unusable_listing_images": tuple(
                     tuple(pair) for pair in record["unusable_listing_images"]
                 ),
@@ -233,10 +241,9 @@ class RowScore:
         )
 
     def with_duplicate_finding(self, duplicate_claims: Sequence[str]) -> RowScore:
-        """This score with the duplicate_across_claims finding, when other claims used the photo."""
-        if not duplicate_claims or DUPLICATE_ACROSS_CLAIMS.code in {
-            code for code, _ in self.issues
-        }:
+        """This score with the duplicate_across_claims finding, when other claims used the photo
+        (the row was scored without the index, so the finding is not there yet)."""
+        if not duplicate_claims:
             return self
         return replace(
             self,
@@ -249,7 +256,7 @@ class RowScore:
             "quality_codes": ";".join(code for code, _ in self.issues),
             ROW: self.row,
             PHOTO_ID: self.photo_id,
-            PERCEPTUAL_HASH: self.perceptual_hash,
+            WINDOW_HASHES: format_hashes(self.window_hashes) if self.window_hashes else None,
             ISSUES: json.dumps(self.issues),
             DUPLICATE_CLAIMS: ";".join(duplicate_claims),
         }
@@ -371,17 +378,31 @@ def prefetched(
 
 @dataclass
 class DuplicateTracker:
-    """Cross-claim duplicate detection in manifest order, with the API's DuplicateIndex."""
+    """Cross-claim duplicate detection in manifest order, with the API's index and look-up.
+
+    The rows are scored without the index (a Ray actor sees only its own batches), so the
+    look-up `inspect_photo` makes during an API upload is made here, on the driver, instead.
+    """
 
     index: DuplicateIndex = field(default_factory=DuplicateIndex)
+    # Each claim's own refs, left out of its look-ups as the API leaves out a claim's photos.
+    refs_by_claim: dict[str, set[str]] = field(default_factory=dict)
 
-    def duplicate_claims(self, claim_id: str, perceptual_hash: str) -> list[str]:
-        """Other claims whose photos this one repeats (same or near-same perceptual hash)."""
-        matches = self.index.query(int(perceptual_hash, 16), DUPLICATE_MAX_DISTANCE)
-        return sorted({match.ref.rsplit("/", 1)[0] for match in matches} - {claim_id})
+    def duplicate_claims(
+        self, claim_id: str, window_hashes: Sequence[int], quality_codes: Sequence[str]
+    ) -> list[str]:
+        """Other claims whose photos this one repeats (same, near-same or cropped copies)."""
+        if not reuse_detectable(quality_codes):
+            return []
+        matches = find_duplicates(
+            window_hashes[0], self.index, exclude_refs=self.refs_by_claim.get(claim_id, set())
+        )
+        return sorted({claim_of_ref(match.ref) for match in matches})
 
-    def add(self, claim_id: str, photo_id: str, perceptual_hash: str) -> None:
-        self.index.add(int(perceptual_hash, 16), f"{claim_id}/{photo_id}")
+    def add(self, claim_id: str, photo_id: str, window_hashes: Sequence[int]) -> None:
+        ref = evidence_ref(claim_id, photo_id)
+        self.index.add_photo(window_hashes, ref)
+        self.refs_by_claim.setdefault(claim_id, set()).add(ref)
 
 
 @dataclass(frozen=True)
@@ -515,11 +536,11 @@ class BatchJob:
         chunk: list[dict[str, Any]] = []
         for score in scores:
             duplicate_claims: list[str] = []
-            if score.photo_id is not None and score.perceptual_hash is not None:
+            if score.photo_id is not None and score.window_hashes:
                 duplicate_claims = self.duplicates.duplicate_claims(
-                    score.claim_id, score.perceptual_hash
+                    score.claim_id, score.window_hashes, [code for code, _ in score.issues]
                 )
-                self.duplicates.add(score.claim_id, score.photo_id, score.perceptual_hash)
+                self.duplicates.add(score.claim_id, score.photo_id, score.window_hashes)
             self.unusable_listing_images.update(score.unusable_listing_images)
             score = score.with_duplicate_finding(duplicate_claims)
             chunk.append(score.part_record(duplicate_claims))
@@ -547,10 +568,12 @@ class BatchJob:
 
     def _replay_duplicates(self, done: pa.Table) -> None:
         claim_ids = self.table["claim_id"].to_pylist()
-        for record in done.sort_by(ROW).select([ROW, PHOTO_ID, PERCEPTUAL_HASH]).to_pylist():
-            if record[PERCEPTUAL_HASH] is not None and record[ROW] < len(claim_ids):
+        for record in done.sort_by(ROW).select([ROW, PHOTO_ID, WINDOW_HASHES]).to_pylist():
+            if record[WINDOW_HASHES] is not None and record[ROW] < len(claim_ids):
                 self.duplicates.add(
-                    str(claim_ids[record[ROW]]), record[PHOTO_ID], record[PERCEPTUAL_HASH]
+                    str(claim_ids[record[ROW]]),
+                    record[PHOTO_ID],
+                    parse_hashes(record[WINDOW_HASHES]),
                 )
 
     # assembly

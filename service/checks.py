@@ -1,9 +1,9 @@
 """The buyer-side photo check: quality, listing-photo reuse and reuse across claims, no model.
 
-One function, `check_photo`, used by POST /v1/evidence/check, by `triage check` and by the
-scoring engine, so a buyer sees exactly the findings a reviewer will later see. It sits on the
-upload path, so it stays cheap: the quality metrics run on a 256 px copy and the duplicate lookup
-on one 64-bit hash.
+One function, `inspect_photo`, used by POST /v1/evidence/check, by `triage check` and by the
+scoring engine, so a buyer sees exactly the findings a reviewer will later see; `check_photo` is
+its issues-only form. It sits on the upload path, so it stays cheap: the quality metrics run on
+a 256 px copy and the duplicate lookup on one 64-bit hash.
 
 No web or database imports: this is part of the inference core.
 """
@@ -11,6 +11,9 @@ No web or database imports: this is part of the inference core.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 from service.duplicates import (
     DUPLICATE_MAX_DISTANCE,
@@ -40,27 +43,91 @@ DUPLICATE_ACROSS_CLAIMS = QualityIssue(
 )
 
 
-def matches_listing(photo: Photo, listing_photos: Sequence[Photo], max_distance: int) -> bool:
-    """Whether the photo is a copy (re-encoded, resized or cropped) of a listing image."""
-    photo_hash = perceptual_hash(photo.image)
+@dataclass(frozen=True)
+class PhotoFindings:
+    """A photo's findings, and the stored photos behind its `duplicate_across_claims` (if any),
+    nearest first: the claims they belong to are named in the triage reasons."""
+
+    issues: tuple[QualityIssue, ...]
+    duplicates: tuple[DuplicateMatch, ...] = ()
+
+
+def reuse_detectable(quality_codes: Collection[str]) -> bool:
+    """Whether reuse findings mean anything for a photo with these quality findings.
+
+    A nearly uniform frame (`low_detail`) hashes like every other uniform frame (a wall, a
+    covered lens), so a "reuse" finding on it would be noise on top of the real problem.
+    """
+    return "low_detail" not in quality_codes
+
+
+def matches_listing(
+    photo: Photo,
+    listing_photos: Sequence[Photo],
+    max_distance: int,
+    *,
+    photo_hash: int | None = None,
+) -> bool:
+    """Whether the photo is a copy (re-encoded, resized or cropped) of a listing image.
+
+    `photo_hash` is the photo's whole-frame hash when the caller already has it.
+    """
+    upload_hash = perceptual_hash(photo.image) if photo_hash is None else photo_hash
     return any(
-        closest_distance(photo_hash, photo_windows(listing.image)) <= max_distance
+        closest_distance(upload_hash, photo_windows(listing.image)) <= max_distance
         for listing in listing_photos
     )
 
 
 def find_duplicates(
-    photo: Photo,
+    photo_hash: int,
     duplicate_index: DuplicateIndex,
     *,
     exclude_refs: Collection[str] = (),
     max_distance: int = DUPLICATE_MAX_DISTANCE,
 ) -> list[DuplicateMatch]:
-    """Stored photos this one is a near copy of, nearest first, leaving out `exclude_refs`
-    (the refs of the claim the photo belongs to, so re-uploading one's own photo is no reuse).
-    """
-    matches = duplicate_index.query(perceptual_hash(photo.image), max_distance)
+    """Stored photos the one with this whole-frame hash is a near copy of, nearest first,
+    leaving out `exclude_refs` (the refs of the claim the photo belongs to, so re-uploading
+    one's own photo is no reuse). Not thread-safe, like the index."""
+    matches = duplicate_index.query(photo_hash, max_distance)
     return [match for match in matches if match.ref not in exclude_refs]
+
+
+def inspect_photo(
+    photo: Photo,
+    *,
+    listing_photos: Sequence[Photo] = (),
+    duplicate_index: DuplicateIndex | None = None,
+    exclude_refs: Collection[str] = (),
+    duplicate_lock: AbstractContextManager[Any] | None = None,
+    photo_hash: int | None = None,
+    thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
+    max_distance: int = DUPLICATE_MAX_DISTANCE,
+) -> PhotoFindings:
+    """Every buyer-facing finding for one decoded photo, blockers and warnings together, with
+    the matches behind `duplicate_across_claims`.
+
+    `duplicate_lock`, when given, is held only around the index look-up (the index is not
+    thread-safe); `photo_hash` saves hashing the photo again when the caller already did.
+    """
+    issues = quality_issues(photo, thresholds)
+    if not reuse_detectable([issue.code for issue in issues]):
+        return PhotoFindings(tuple(issues))
+    if photo_hash is None:
+        photo_hash = perceptual_hash(photo.image)
+    if listing_photos and matches_listing(
+        photo, listing_photos, max_distance, photo_hash=photo_hash
+    ):
+        issues.append(LISTING_PHOTO_REUSE)
+    duplicates: list[DuplicateMatch] = []
+    if duplicate_index is not None:
+        with duplicate_lock or nullcontext():
+            duplicates = find_duplicates(
+                photo_hash, duplicate_index, exclude_refs=exclude_refs, max_distance=max_distance
+            )
+    if duplicates:
+        issues.append(DUPLICATE_ACROSS_CLAIMS)
+    return PhotoFindings(tuple(issues), tuple(duplicates))
 
 
 def check_photo(
@@ -72,16 +139,13 @@ def check_photo(
     thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
     max_distance: int = DUPLICATE_MAX_DISTANCE,
 ) -> list[QualityIssue]:
-    """Every buyer-facing finding for one decoded photo, blockers and warnings together."""
-    issues = quality_issues(photo, thresholds)
-    if any(issue.code == "low_detail" for issue in issues):
-        # A nearly uniform frame hashes like every other uniform frame (a wall, a covered
-        # lens), so a "reuse" finding on it would be noise on top of the real problem.
-        return issues
-    if listing_photos and matches_listing(photo, listing_photos, max_distance):
-        issues.append(LISTING_PHOTO_REUSE)
-    if duplicate_index is not None and find_duplicates(
-        photo, duplicate_index, exclude_refs=exclude_refs, max_distance=max_distance
-    ):
-        issues.append(DUPLICATE_ACROSS_CLAIMS)
-    return issues
+    """`inspect_photo`'s issues alone: what a buyer is shown."""
+    findings = inspect_photo(
+        photo,
+        listing_photos=listing_photos,
+        duplicate_index=duplicate_index,
+        exclude_refs=exclude_refs,
+        thresholds=thresholds,
+        max_distance=max_distance,
+    )
+    return list(findings.issues)

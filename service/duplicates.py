@@ -107,6 +107,31 @@ def photo_windows(image: Image.Image) -> tuple[int, ...]:
     )
 
 
+def format_hash(photo_hash: int) -> str:
+    """A 64-bit hash as stored and shown (16 hex digits)."""
+    return f"{photo_hash:016x}"
+
+
+def format_hashes(hashes: Iterable[int]) -> str:
+    """Several hashes (e.g. a photo's windows) as one text column: hex, space-separated."""
+    return " ".join(format_hash(photo_hash) for photo_hash in hashes)
+
+
+def parse_hashes(text: str) -> tuple[int, ...]:
+    """The hashes `format_hashes` wrote (a single hash's hex parses too)."""
+    return tuple(int(part, 16) for part in text.split())
+
+
+def evidence_ref(claim_id: str, photo_id: str) -> str:
+    """The index reference of a claim photo; the claim id is recoverable from it."""
+    return f"{claim_id}/{photo_id}"
+
+
+def claim_of_ref(ref: str) -> str:
+    """The claim of an `evidence_ref` (split at the last "/": photo ids are hex digests)."""
+    return ref.rsplit("/", 1)[0]
+
+
 def hamming_distance(first: int, second: int) -> int:
     return (first ^ second).bit_count()
 
@@ -200,7 +225,7 @@ def _concatenate(first: _Segment, second: _Segment) -> _Segment:
 
 
 class DuplicateIndex:
-    """Hashes with a reference each (e.g. "claim_id/photo_id"), searchable by Hamming distance.
+    """Hashes with a reference each (e.g. `evidence_ref`), searchable by Hamming distance.
 
     Additions collect in a short unsorted tail that queries scan directly; a full tail becomes
     a segment, and segments of similar size are merged, so there are O(log N) of them and each

@@ -286,6 +286,42 @@ def test_reused_photo_from_another_claim_is_flagged_suspicious(api_server: ApiSe
     assert any(first in reason for reason in reused["triage"]["reasons"])
 
 
+def test_a_cropped_copy_from_another_claim_is_flagged_and_named(api_server: ApiServer) -> None:
+    listing_id = new_listing(api_server, plain_jpeg(seed=35))
+    original = textured_image(seed=36)
+    ImageDraw.Draw(original).rectangle((200, 140, 440, 380), fill=(255, 0, 0))
+    # 10% off the left and top edges: pHash alone moves too far; the stored windows catch it.
+    cropped = original.crop((64, 48, original.width, original.height))
+    first = new_claim(api_server, listing_id)
+    second = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        upload = buyer.post(
+            f"/v1/claims/{first}/evidence", files=files(encode(original, "JPEG", quality=92))
+        )
+        assert upload.status_code == 201, upload.text
+    with api_server.client(api_server.keys["other_buyer"]) as other:
+        reused = other.post(
+            f"/v1/claims/{second}/evidence",
+            files=files(encode(cropped, "JPEG", quality=80), plain_jpeg(seed=37)),
+        )
+    assert reused.status_code == 201, reused.text
+    body = reused.json()
+    codes = [[issue["code"] for issue in photo["issues"]] for photo in body["data"]]
+    assert "duplicate_across_claims" in codes[0]
+    assert "duplicate_across_claims" not in codes[1]  # scored in the same run, not a copy
+    assert body["triage"]["lane"] == "suspicious"
+    assert f"photo 1 reuses a photo from claim {first}" in body["triage"]["reasons"]
+    # The windows are stored: a restarted server still finds a cropped copy.
+    with run_api_server(api_server.settings) as restarted:
+        third = new_claim(restarted, listing_id, key=api_server.keys["other_buyer"])
+        with restarted.client(api_server.keys["other_buyer"]) as other:
+            again = other.post(
+                f"/v1/claims/{third}/evidence", files=files(encode(cropped, "JPEG", quality=75))
+            ).json()
+    assert "duplicate_across_claims" in [i["code"] for i in again["data"][0]["issues"]]
+    assert any(first in reason for reason in again["triage"]["reasons"])
+
+
 # --- the buyer-side check -------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from service.assessment import (
     heatmap_png,
 )
 from service.batching import MicroBatcher
-from service.duplicates import DuplicateIndex, perceptual_hash
+from service.duplicates import DuplicateIndex, perceptual_hash, photo_windows
 from service.engine import ModelOutput, ScoringEngine
 from service.intake import Photo, open_photo
 
@@ -134,6 +134,27 @@ def test_duplicates_across_claims_come_from_the_index(engine: ScoringEngine):
     own = assessor.assess(photo, duplicate_index=index, exclude_refs={"claim-1/abc"})
     assert "duplicate_across_claims" not in own.quality_codes
     assert found.perceptual_hash == f"{perceptual_hash(photo.image):016x}"
+    assert found.duplicate_refs == ("claim-1/abc",) and own.duplicate_refs == ()
+
+
+def test_a_cropped_copy_names_the_photo_it_repeats(engine: ScoringEngine):
+    image = textured_image(640, 480, seed=16)
+    original = photo_of(image)
+    assessor = Assessor(engine)
+    (stored,) = assessor.assess_many([original])
+    assert stored.window_hashes == photo_windows(original.image)
+    assert stored.duplicate_refs == ()  # no index given
+    index = DuplicateIndex()
+    index.add_photo(stored.window_hashes, "claim-1/original")
+    index.add_photo(photo_windows(textured_image(640, 480, seed=17)), "claim-2/other")
+    cropped = photo_of(image.crop((64, 48, 640, 480)))  # 10% off the left and top edges
+    copy, unrelated = assessor.assess_many(
+        [cropped, photo_of(textured_image(640, 480, seed=18))], duplicate_index=index
+    )
+    assert copy.duplicate_refs == ("claim-1/original",)
+    assert "duplicate_across_claims" in copy.quality_codes
+    assert unrelated.duplicate_refs == ()
+    assert "duplicate_across_claims" not in unrelated.quality_codes
 
 
 def test_embedding_cache_evicts_the_least_recently_used():

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import encode, textured_image
 from onnx_fixtures import TINY_MODEL_VERSION, write_tiny_model
+from PIL import Image
 from typer.testing import CliRunner
 
 from service.batch import (
@@ -147,6 +148,34 @@ def test_duplicates_across_claims_are_found_in_manifest_order(scored):
     claim_b = next(claim for claim in claims if claim["claim_id"] == "B")
     assert claim_b["lane"] == "suspicious"
     assert "photo 1 reuses a photo from claim A" in claim_b["reasons"]
+
+
+def test_cropped_copies_are_found_and_uniform_frames_are_not(engine, tmp_path: Path):
+    root = tmp_path / "images"
+    root.mkdir()
+    original = textured_image(640, 480, seed=61)
+    (root / "original.jpg").write_bytes(encode(original, "JPEG", quality=92))
+    cropped = original.crop((64, 48, 640, 480))  # 10% off the left and top edges
+    (root / "cropped.jpg").write_bytes(encode(cropped, "JPEG", quality=80))
+    wall = Image.new("RGB", (640, 480), (180, 175, 170))
+    (root / "wall.jpg").write_bytes(encode(wall, "JPEG", quality=92))
+    manifest = write_manifest(
+        tmp_path / "m.csv",
+        [
+            {"claim_id": "E", "photo": "original.jpg", "reason": "damaged"},
+            {"claim_id": "E", "photo": "wall.jpg", "reason": "damaged"},
+            {"claim_id": "F", "photo": "cropped.jpg", "reason": "damaged"},
+            {"claim_id": "G", "photo": "wall.jpg", "reason": "damaged"},
+        ],
+    )
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, root, out)
+    codes = [(row["quality_codes"] or "").split(";") for row in read_any(out)]
+    assert "duplicate_across_claims" in codes[2]
+    # A uniform frame matches every other one: its real problem is low detail, not reuse.
+    assert "low_detail" in codes[3] and "duplicate_across_claims" not in codes[3]
+    claim_f = next(claim for claim in read_any(claims_path(out)) if claim["claim_id"] == "F")
+    assert "photo 1 reuses a photo from claim E" in claim_f["reasons"]
 
 
 def test_claim_file_has_one_triaged_row_per_claim(scored):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from conftest import encode, textured_image
 from PIL import Image, ImageFilter
 
@@ -9,7 +11,7 @@ from service.checks import (
     DUPLICATE_ACROSS_CLAIMS,
     LISTING_PHOTO_REUSE,
     check_photo,
-    find_duplicates,
+    inspect_photo,
     matches_listing,
 )
 from service.duplicates import DUPLICATE_MAX_DISTANCE, DuplicateIndex, photo_windows
@@ -63,7 +65,9 @@ def test_photo_used_in_another_claim_is_found_and_named() -> None:
     )
     upload = jpeg_photo(trimmed(earlier, 0.1), quality=60)
     assert DUPLICATE_ACROSS_CLAIMS in check_photo(upload, duplicate_index=index)
-    assert [match.ref for match in find_duplicates(upload, index)] == ["claim-1/photo-a"]
+    findings = inspect_photo(upload, duplicate_index=index)
+    assert [match.ref for match in findings.duplicates] == ["claim-1/photo-a"]
+    assert list(findings.issues) == check_photo(upload, duplicate_index=index)
 
 
 def test_the_claims_own_photos_are_excluded() -> None:
@@ -85,6 +89,24 @@ def test_a_uniform_frame_is_not_called_a_duplicate_of_another_uniform_frame() ->
     assert codes(jpeg_photo(wall), duplicate_index=index, listing_photos=[listing]) == [
         "low_detail"
     ]
+    assert inspect_photo(jpeg_photo(wall), duplicate_index=index).duplicates == ()
+
+
+def test_the_index_lock_is_held_only_for_the_look_up() -> None:
+    held_during_look_up: list[bool] = []
+
+    class WatchedIndex(DuplicateIndex):
+        def query(self, photo_hash: int, max_distance: int = DUPLICATE_MAX_DISTANCE):
+            held_during_look_up.append(lock.locked())
+            return super().query(photo_hash, max_distance)
+
+    lock = threading.Lock()
+    index = WatchedIndex()
+    image = textured_image(800, 600, seed=51)
+    index.add_photo(photo_windows(image), "claim-5/photo-1")
+    findings = inspect_photo(jpeg_photo(image), duplicate_index=index, duplicate_lock=lock)
+    assert [match.ref for match in findings.duplicates] == ["claim-5/photo-1"]
+    assert held_during_look_up == [True] and not lock.locked()
 
 
 def test_findings_keep_their_order_quality_first() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Engine, text, update
@@ -14,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.auth import Role
 from service.db import crud
-from service.db.migrate import upgrade_to_head
-from service.db.models import AuditEvent, Base
+from service.db.migrate import alembic_config, upgrade_to_head
+from service.db.models import AuditEvent, Base, Photo
 from service.db.session import make_engine, make_session_factory, transaction
 
 NOW = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
@@ -184,3 +186,73 @@ def test_queue_depth_counts_open_claims_by_lane(
     with sessions() as session:
         after = crud.queue_depth_by_lane(session)
     assert after.get("suspicious", 0) == before.get("suspicious", 0) + 1
+
+
+def _photo(
+    session: Session, photo_id: str, perceptual_hash: str | None, windows: str | None
+) -> Photo:
+    return crud.get_or_add_photo(
+        session,
+        photo_id=photo_id,
+        image_format="JPEG",
+        byte_size=1000,
+        size=(640, 480),
+        has_gps=False,
+        perceptual_hash=perceptual_hash,
+        window_hashes=windows,
+        now=NOW,
+    )
+
+
+def _evidence(session: Session, claim_id: str, photo_id: str) -> None:
+    crud.add_claim_photo(
+        session,
+        claim_id=claim_id,
+        photo_id=photo_id,
+        filename=None,
+        damage=None,
+        mismatch=None,
+        match_similarity=None,
+        issues=[],
+        damage_map=None,
+        duplicate_claims=[],
+        model_version="test",
+        now=NOW,
+    )
+
+
+def test_a_listing_image_used_as_evidence_is_indexed_with_its_windows(
+    sessions: sessionmaker[Session], buyer_key_id: str
+) -> None:
+    photo_id = "e" * 64
+    windows = "00000000000000ff 0000000000000f0f"
+    with transaction(sessions) as session:
+        assert _photo(session, photo_id, None, None).window_hashes is None  # a listing image
+        session.flush()
+        claim_id = _claim(session, buyer_key_id, "windows", NOW)
+        _photo(session, photo_id, "00000000000000ff", windows)
+        _evidence(session, claim_id, photo_id)
+    with sessions() as session:
+        assert (claim_id, photo_id, "00000000000000ff", windows) in crud.evidence_hashes(session)
+
+
+def test_evidence_stored_before_windows_keeps_its_whole_frame_hash(tmp_path: Path) -> None:
+    """Upgrading a store made by revision 0001 keeps its rows; they have no windows yet."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+        connection.execute(
+            text(
+                "INSERT INTO photos (photo_id, format, byte_size, width, height, has_gps, "
+                "perceptual_hash, created_at) VALUES ('p', 'JPEG', 1, 1, 1, false, "
+                "'00000000000000ff', '2025-11-20 12:00:00')"
+            )
+        )
+    upgrade_to_head(engine)
+    with make_session_factory(engine)() as session:
+        photo = crud.get_photo(session, photo_id="p")
+        assert photo is not None
+        assert (photo.perceptual_hash, photo.window_hashes) == ("00000000000000ff", None)
+    engine.dispose()

@@ -6,16 +6,20 @@ bad file, so a buyer never ends up with half their evidence stored and nothing c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from fastapi import Request
 from sqlalchemy.orm import Session
 
 from service.api.metrics import Metrics
 from service.api.problems import ProblemError
-from service.api.uploads import UploadedFile
+from service.api.uploads import MultipartBody, UploadedFile, read_multipart
+from service.config import UploadLimits
 from service.db import crud
 from service.db.models import Photo as PhotoRow
+from service.duplicates import format_hash, format_hashes
 from service.intake import IntakeLimits, Photo, PhotoRejected, open_photo
 from service.store import PhotoStore
 
@@ -28,6 +32,16 @@ class AcceptedPhoto:
     filename: str | None
     data: bytes
     photo: Photo
+
+
+async def read_photo_files(request: Request, limits: UploadLimits) -> MultipartBody:
+    """The multipart field `files` of a photo upload, within the count and byte caps."""
+    return await read_multipart(
+        request,
+        file_field="files",
+        max_files=limits.max_files_per_request,
+        max_file_bytes=limits.max_upload_bytes,
+    )
 
 
 def accept_photos(
@@ -75,10 +89,11 @@ def store_photo(
     *,
     store: PhotoStore,
     accepted: AcceptedPhoto,
-    perceptual_hash: str | None,
+    window_hashes: Sequence[int] = (),
     now: datetime,
 ) -> PhotoRow:
-    """Write the original (idempotent, content-addressed) and its metadata row."""
+    """Write the original (idempotent, content-addressed) and its metadata row; evidence
+    photos give their `window_hashes` (whole frame first) for the duplicate index."""
     photo_id = store.put(accepted.data)
     return crud.get_or_add_photo(
         session,
@@ -87,6 +102,7 @@ def store_photo(
         byte_size=accepted.photo.byte_size,
         size=accepted.photo.original_size,
         has_gps=accepted.photo.has_gps,
-        perceptual_hash=perceptual_hash,
+        perceptual_hash=format_hash(window_hashes[0]) if window_hashes else None,
+        window_hashes=format_hashes(window_hashes) if window_hashes else None,
         now=now,
     )

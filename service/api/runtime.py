@@ -10,7 +10,6 @@ import io
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -22,13 +21,12 @@ from service.api import triage
 from service.api.metrics import Metrics
 from service.assessment import Assessor, heatmap_overlay
 from service.batching import MicroBatcher
-from service.checks import find_duplicates
 from service.config import Settings
 from service.db import crud
 from service.db.crud import utcnow
 from service.db.migrate import upgrade_to_head
 from service.db.session import database_reachable, make_engine, make_session_factory, transaction
-from service.duplicates import DuplicateIndex, DuplicateMatch
+from service.duplicates import DuplicateIndex, evidence_ref, parse_hashes
 from service.engine import ScoringEngine
 from service.intake import Photo, open_photo
 from service.policy import PolicyConfig
@@ -37,20 +35,6 @@ from service.store import PhotoStore
 logger = logging.getLogger("service.api")
 # Decoded listing images kept for mismatch and reuse checks (about 0.6 MB each at 448 px).
 LISTING_PHOTO_CACHE = 64
-
-
-def evidence_ref(claim_id: str, photo_id: str) -> str:
-    """The duplicate-index reference of a claim photo; the claim id is recoverable from it."""
-    return f"{claim_id}/{photo_id}"
-
-
-def claim_of_ref(ref: str) -> str:
-    return ref.split("/", 1)[0]
-
-
-def format_hash(photo_hash: int) -> str:
-    """A 64-bit perceptual hash as stored in the database (16 hex digits)."""
-    return f"{photo_hash:016x}"
 
 
 @dataclass
@@ -109,18 +93,19 @@ class Runtime:
         return runtime
 
     def _load_duplicate_index(self) -> None:
+        """Every evidence photo under all its window hashes, as the upload added it."""
         with self.sessions() as session:
             rows = crud.evidence_hashes(session)
-        with self.duplicates_lock:
-            for claim_id, photo_id, perceptual_hash in rows:
-                self.duplicates.add(int(perceptual_hash, 16), evidence_ref(claim_id, photo_id))
-
-    def find_duplicates(
-        self, photo: Photo, *, exclude_refs: Collection[str]
-    ) -> list[DuplicateMatch]:
-        """Earlier evidence photos this one nearly repeats, leaving out `exclude_refs`."""
-        with self.duplicates_lock:
-            return find_duplicates(photo, self.duplicates, exclude_refs=exclude_refs)
+        hashes: list[int] = []
+        refs: list[str] = []
+        for claim_id, photo_id, perceptual_hash, window_hashes in rows:
+            # Evidence stored before windows were kept is found only by its whole frame.
+            windows = parse_hashes(window_hashes or perceptual_hash)
+            hashes.extend(windows)
+            refs.extend([evidence_ref(claim_id, photo_id)] * len(windows))
+        if hashes:
+            with self.duplicates_lock:
+                self.duplicates.add_many(hashes, refs)
 
     def listing_photo(self, photo_id: str) -> Photo:
         """A listing image decoded as intake does; recently used ones are kept decoded."""

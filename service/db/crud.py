@@ -95,12 +95,15 @@ def get_or_add_photo(
     size: tuple[int, int],
     has_gps: bool,
     perceptual_hash: str | None,
+    window_hashes: str | None,
     now: datetime,
 ) -> Photo:
     row = session.get(Photo, photo_id)
-    if row is not None and row.perceptual_hash is None:
-        # Stored first as a listing image, now used as evidence: index it from now on.
+    if row is not None and row.window_hashes is None and window_hashes is not None:
+        # Stored first as a listing image (or as evidence before windows were kept), now used
+        # as evidence: index it, windows and all, from now on.
         row.perceptual_hash = perceptual_hash
+        row.window_hashes = window_hashes
     if row is None:
         row = Photo(
             photo_id=photo_id,
@@ -110,6 +113,7 @@ def get_or_add_photo(
             height=size[1],
             has_gps=has_gps,
             perceptual_hash=perceptual_hash,
+            window_hashes=window_hashes,
             created_at=now,
         )
         session.add(row)
@@ -294,15 +298,15 @@ def claim_photo_for_heatmap(
     return session.scalar(query.order_by(ClaimPhoto.created_at.desc()).limit(1))
 
 
-def evidence_hashes(session: Session) -> list[tuple[str, str, str]]:
-    """(claim_id, photo_id, perceptual_hash) for every hashed evidence photo: what the duplicate
-    index is rebuilt from at start-up."""
+def evidence_hashes(session: Session) -> list[tuple[str, str, str, str | None]]:
+    """(claim_id, photo_id, perceptual_hash, window_hashes) for every hashed evidence photo:
+    what the duplicate index is rebuilt from at start-up."""
     rows = session.execute(
-        select(ClaimPhoto.claim_id, ClaimPhoto.photo_id, Photo.perceptual_hash)
+        select(ClaimPhoto.claim_id, ClaimPhoto.photo_id, Photo.perceptual_hash, Photo.window_hashes)
         .join(Photo, Photo.photo_id == ClaimPhoto.photo_id)
         .where(Photo.perceptual_hash.is_not(None))
     )
-    return [(claim_id, photo_id, phash) for claim_id, photo_id, phash in rows]
+    return [(claim_id, photo_id, phash, windows) for claim_id, photo_id, phash, windows in rows]
 
 
 def set_triage(

@@ -75,8 +75,11 @@ class Photo(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     has_gps: Mapped[bool]
-    # Set for evidence photos (the duplicate index is rebuilt from it); None for listing images.
+    # Set for evidence photos (the duplicate index is rebuilt from them); None for listing images.
     perceptual_hash: Mapped[str | None] = mapped_column(String(64))
+    # The hashes of every `photo_windows` window, so cropped copies are found too; None for
+    # evidence stored before they were kept (indexed under `perceptual_hash` alone).
+    window_hashes: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
 
 

@@ -45,6 +45,16 @@ def claim_not_found(claim_id: str) -> ProblemError:
     return ProblemError(404, "claim_not_found", "Claim not found", f"No claim {claim_id}.")
 
 
+def claim_resolved(claim: Claim, consequence: str) -> ProblemError:
+    """The 409 for a change to a decided claim; `consequence` says what it rules out."""
+    return ProblemError(
+        409,
+        "claim_resolved",
+        "Claim already resolved",
+        f"Claim {claim.claim_id} was decided ({claim.decision}); {consequence}.",
+    )
+
+
 def load_claim(session: Session, claim_id: str, key: ApiKey) -> Claim:
     """The claim if this key may see it. A buyer asking for someone else's claim gets the same
     404 as for a claim that does not exist, so claim ids cannot be probed."""
@@ -117,12 +127,7 @@ def escalate(
 ) -> None:
     """Move the claim to `escalated` (idempotent) and record it (also used by `triage demo`)."""
     if claim.status == "resolved":
-        raise ProblemError(
-            409,
-            "claim_resolved",
-            "Claim already resolved",
-            f"Claim {claim.claim_id} was decided ({claim.decision}); it cannot be escalated.",
-        )
+        raise claim_resolved(claim, "it cannot be escalated")
     if claim.status == "escalated":
         return
     previous = claim.status
@@ -267,12 +272,7 @@ def review_claim(
     with transaction(runtime.sessions) as session:
         claim = load_claim(session, claim_id, key)
         if claim.status == "resolved":
-            raise ProblemError(
-                409,
-                "claim_resolved",
-                "Claim already resolved",
-                f"Claim {claim_id} was already decided ({claim.decision}).",
-            )
+            raise claim_resolved(claim, "it cannot be reviewed again")
         evidence = {photo.photo_id for photo in crud.claim_photos(session, claim_id=claim_id)}
         unknown = [label.photo_id for label in body.labels if label.photo_id not in evidence]
         if unknown:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Annotated
 
@@ -13,21 +11,26 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import schemas, views
 from service.api.deps import BuyerKey, RuntimeDep
-from service.api.photo_uploads import AcceptedPhoto, accept_photos, store_photo
+from service.api.photo_uploads import (
+    AcceptedPhoto,
+    accept_photos,
+    read_photo_files,
+    store_photo,
+)
 from service.api.problems import ProblemError
-from service.api.routes.claims import actor, load_claim
+from service.api.routes.claims import actor, claim_resolved, load_claim
 from service.api.routes.listings import MULTIPART_FILES
-from service.api.runtime import Runtime, claim_of_ref, evidence_ref, format_hash, utcnow
+from service.api.runtime import Runtime, utcnow
 from service.api.triage import retriage
 from service.api.uploads import MultipartBody, read_multipart
 from service.assessment import PhotoAssessment
-from service.checks import DUPLICATE_ACROSS_CLAIMS, check_photo
+from service.checks import inspect_photo
 from service.db import crud
 from service.db.models import ApiKey, ClaimPhoto
 from service.db.session import transaction
-from service.duplicates import DuplicateMatch, perceptual_hash
+from service.duplicates import claim_of_ref, evidence_ref
 from service.intake import Photo, PhotoRejected, open_photo
-from service.quality import QualityIssue, rejection_issue
+from service.quality import rejection_issue
 
 router = APIRouter(tags=["evidence"])
 ClaimId = Annotated[str, Path(min_length=1, max_length=64)]
@@ -51,17 +54,6 @@ MULTIPART_FILE = {
 }
 
 
-def with_duplicate_finding(
-    issues: Sequence[QualityIssue], matches: Sequence[DuplicateMatch]
-) -> tuple[QualityIssue, ...]:
-    """The findings plus `duplicate_across_claims` when the photo repeats another claim's, as
-    check_photo would add it (not on a nearly uniform frame, which matches every other)."""
-    codes = {issue.code for issue in issues}
-    if not matches or "low_detail" in codes or DUPLICATE_ACROSS_CLAIMS.code in codes:
-        return tuple(issues)
-    return (*issues, DUPLICATE_ACROSS_CLAIMS)
-
-
 def _listing_photos(runtime: Runtime, listing_id: str) -> list[Photo]:
     with runtime.sessions() as session:
         images = crud.listing_images_with_photos(session, listing_id=listing_id)
@@ -75,12 +67,7 @@ def store_evidence(
     with runtime.sessions() as session:
         claim = load_claim(session, claim_id, key)
         if claim.status == "resolved":
-            raise ProblemError(
-                409,
-                "claim_resolved",
-                "Claim already resolved",
-                f"Claim {claim_id} was decided; no more evidence is accepted.",
-            )
+            raise claim_resolved(claim, "no more evidence is accepted")
         listing_id = claim.listing_id
         already = {row.photo_id for row in crud.claim_photos(session, claim_id=claim_id)}
     accepted = accept_photos(
@@ -92,27 +79,20 @@ def store_evidence(
             fresh.setdefault(item.photo.photo_id, item)
     listing_photos = _listing_photos(runtime, listing_id)
     own_refs = frozenset(evidence_ref(claim_id, photo_id) for photo_id in already | fresh.keys())
-    # The model runs outside the index lock so concurrent uploads can share micro-batches;
-    # only the duplicate look-up (fast, not thread-safe) is serialised.
-    scored = [
-        runtime.assessor.assess(item.photo, listing_photos=listing_photos)
-        for item in fresh.values()
-    ]
-    hashes = [perceptual_hash(item.photo.image) for item in fresh.values()]
-    matches = [
-        runtime.find_duplicates(item.photo, exclude_refs=own_refs) for item in fresh.values()
-    ]
-    assessments = [
-        replace(assessment, issues=with_duplicate_finding(assessment.issues, found))
-        for assessment, found in zip(scored, matches, strict=True)
-    ]
-    # Which other claims each photo repeats, named in the triage reasons.
-    duplicate_claims = [sorted({claim_of_ref(match.ref) for match in found}) for found in matches]
+    # One model run for the whole upload. assess_many holds the index lock only for the
+    # look-ups (fast, not thread-safe), so concurrent uploads still share micro-batches.
+    assessments = runtime.assessor.assess_many(
+        [item.photo for item in fresh.values()],
+        listing_photos=listing_photos,
+        duplicate_index=runtime.duplicates,
+        exclude_refs=own_refs,
+        duplicate_lock=runtime.duplicates_lock,
+    )
     runtime.metrics.photos_scored.inc(len(assessments))
     now = utcnow()
     try:
         rows, uploaded, triage = _record_evidence(
-            runtime, key, claim_id, fresh, assessments, hashes, duplicate_claims, accepted, now
+            runtime, key, claim_id, fresh, assessments, accepted, now
         )
     except IntegrityError:
         # Another upload of the same photo to this claim committed first.
@@ -123,8 +103,11 @@ def store_evidence(
             "The same photo was being added to this claim by another request; retry.",
         ) from None
     with runtime.duplicates_lock:
-        for item, photo_hash in zip(fresh.values(), hashes, strict=True):
-            runtime.duplicates.add(photo_hash, evidence_ref(claim_id, item.photo.photo_id))
+        for assessment in assessments:
+            # Under every window, so a cropped copy uploaded to another claim is found too.
+            runtime.duplicates.add_photo(
+                assessment.window_hashes, evidence_ref(claim_id, assessment.photo_id)
+            )
     data = [views.assessment_public(row) for row in rows if row.photo_id in uploaded]
     return schemas.EvidencePublic(claim_id=claim_id, data=data, count=len(data), triage=triage)
 
@@ -135,22 +118,18 @@ def _record_evidence(
     claim_id: str,
     fresh: dict[str, AcceptedPhoto],
     assessments: list[PhotoAssessment],
-    hashes: list[int],
-    duplicate_claims: list[list[str]],
     accepted: list[AcceptedPhoto],
     now: datetime,
 ) -> tuple[list[ClaimPhoto], set[str], schemas.TriagePublic]:
     """One transaction: originals, assessments, new triage and the audit entry."""
     with transaction(runtime.sessions) as session:
         claim = load_claim(session, claim_id, key)
-        for item, assessment, photo_hash, repeats in zip(
-            fresh.values(), assessments, hashes, duplicate_claims, strict=True
-        ):
+        for item, assessment in zip(fresh.values(), assessments, strict=True):
             store_photo(
                 session,
                 store=runtime.store,
                 accepted=item,
-                perceptual_hash=format_hash(photo_hash),
+                window_hashes=assessment.window_hashes,
                 now=now,
             )
             session.flush()
@@ -164,7 +143,8 @@ def _record_evidence(
                 match_similarity=assessment.match_similarity,
                 issues=[issue.to_dict() for issue in assessment.issues],
                 damage_map=assessment.heatmap.round(4).tolist(),
-                duplicate_claims=repeats,
+                # The other claims it repeats, named in the triage reasons.
+                duplicate_claims=sorted({claim_of_ref(ref) for ref in assessment.duplicate_refs}),
                 model_version=assessment.model_version,
                 now=now,
             )
@@ -206,13 +186,7 @@ def _record_evidence(
 async def upload_evidence(
     claim_id: ClaimId, request: Request, runtime: RuntimeDep, key: BuyerKey
 ) -> schemas.EvidencePublic:
-    limits = runtime.settings.limits
-    body = await read_multipart(
-        request,
-        file_field="files",
-        max_files=limits.max_files_per_request,
-        max_file_bytes=limits.max_upload_bytes,
-    )
+    body = await read_photo_files(request, runtime.settings.limits)
     return await run_in_threadpool(store_evidence, runtime, key, claim_id, body)
 
 
@@ -241,11 +215,13 @@ def _check(runtime: Runtime, key: ApiKey, body: MultipartBody) -> schemas.Eviden
             error.message,
             issues=[rejection_issue(error).to_dict()],
         ) from None
-    issues = with_duplicate_finding(
-        check_photo(photo, listing_photos=listing_photos),
-        runtime.find_duplicates(photo, exclude_refs=frozenset()),
+    findings = inspect_photo(
+        photo,
+        listing_photos=listing_photos,
+        duplicate_index=runtime.duplicates,
+        duplicate_lock=runtime.duplicates_lock,
     )
-    public = [schemas.IssuePublic.model_validate(issue.to_dict()) for issue in issues]
+    public = [schemas.IssuePublic.model_validate(issue.to_dict()) for issue in findings.issues]
     return schemas.EvidenceCheckPublic(
         photo_id=photo.photo_id,
         filename=upload.filename,

@@ -9,10 +9,10 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import schemas, views
 from service.api.deps import AdminKey, ReviewerOrAdminKey, RuntimeDep
-from service.api.photo_uploads import accept_photos, store_photo
+from service.api.photo_uploads import accept_photos, read_photo_files, store_photo
 from service.api.problems import ProblemError
 from service.api.runtime import Runtime, utcnow
-from service.api.uploads import MultipartBody, read_multipart
+from service.api.uploads import MultipartBody
 from service.db import crud
 from service.db.models import ApiKey
 from service.db.session import transaction
@@ -89,9 +89,7 @@ def store_listing_images(
     with transaction(runtime.sessions) as session:
         added = []
         for item in accepted:
-            photo = store_photo(
-                session, store=runtime.store, accepted=item, perceptual_hash=None, now=now
-            )
+            photo = store_photo(session, store=runtime.store, accepted=item, now=now)
             session.flush()
             image = crud.add_listing_image(
                 session, listing_id=listing_id, photo_id=photo.photo_id, now=now
@@ -120,13 +118,7 @@ def store_listing_images(
 async def add_listing_images(
     listing_id: ListingId, request: Request, runtime: RuntimeDep, key: AdminKey
 ) -> schemas.ListingImagesPublic:
-    limits = runtime.settings.limits
-    body = await read_multipart(
-        request,
-        file_field="files",
-        max_files=limits.max_files_per_request,
-        max_file_bytes=limits.max_upload_bytes,
-    )
+    body = await read_photo_files(request, runtime.settings.limits)
     return await run_in_threadpool(store_listing_images, runtime, key, listing_id, body)
 
 
