@@ -20,7 +20,7 @@ class TrainConfig:
     models_dir: str = str(REPO_ROOT / "models")
     # Model
     embedding_dim: int = 256
-    split_block: int = 11  # blocks [0, split) frozen and cached; [split, 16) + head conv fine-tuned
+    split_block: int = 8  # blocks [0, split) frozen and cached; [split, 16) + head conv fine-tuned
     fine_tune: bool = True  # False = the baseline: same heads on the frozen ImageNet trunk
     # Data: fractions of grocery products / package source_ids held out for validation and test
     val_fraction: float = 0.15

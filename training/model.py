@@ -42,7 +42,7 @@ class EvidenceNet(nn.Module):
     def __init__(
         self,
         embedding_dim: int = 256,
-        split_block: int = 11,
+        split_block: int = 8,
         damage_channels: int = 128,
         spec: InputSpec = DEFAULT_INPUT_SPEC,
         pretrained: bool = True,

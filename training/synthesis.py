@@ -95,9 +95,21 @@ def _shade(image: Array, factor: Array) -> Array:
     return image * factor[..., None]
 
 
+def _contrasting(image: Array, region: Array, rng: np.random.Generator) -> float:
+    """A grey level that shows against the surface under `region`: dark marks on light
+    surfaces, pale ones (exposed flesh, bare cardboard, light-catching edges) on dark ones."""
+    luminance = float(image[region > 0.3].mean()) if (region > 0.3).any() else 128.0
+    return float(rng.uniform(0, 50)) if luminance > 115 else float(rng.uniform(200, 255))
+
+
+# Smallest mean change (grey levels) inside a damage's mask for it to count as visible; fainter
+# draws are redrawn, so that a "damaged" label always has something to see.
+MIN_VISIBLE_CHANGE = 14.0
+
+
 def crack(image: Array, place: Placement, rng: np.random.Generator) -> tuple[Array, Array]:
     canvas, draw = _canvas(image.shape[:2])
-    width = _line_width(image, rng, 1.0, 3.0)
+    width = _line_width(image, rng, 1.5, 3.5)
     heading = rng.uniform(0, 2 * np.pi)
     trunk = _random_walk(place.centre, place.size * rng.uniform(1.0, 2.0), heading, rng)
     draw.line(trunk, fill=255, width=width)
@@ -107,8 +119,8 @@ def crack(image: Array, place: Placement, rng: np.random.Generator) -> tuple[Arr
         branch = _random_walk(origin, place.size * rng.uniform(0.2, 0.7), branch_heading, rng)
         draw.line(branch, fill=255, width=max(1, width - 1))
     line = _as_float(canvas)
-    dark = np.float32(rng.uniform(0, 40))
-    out = _blend(image, ndimage.gaussian_filter(line, 0.6), dark, 0.55 + 0.45 * place.contrast)
+    fissure = _contrasting(image, line, rng)
+    out = _blend(image, ndimage.gaussian_filter(line, 0.6), fissure, 0.6 + 0.4 * place.contrast)
     # A lit edge beside the dark fissure: cracks catch light on one side.
     highlight = np.roll(line, shift=(1, 1), axis=(0, 1)) * (1 - line)
     out = _blend(out, highlight, 255.0, 0.35 * place.contrast)
@@ -128,11 +140,11 @@ def scratches(image: Array, place: Placement, rng: np.random.Generator) -> tuple
         jitter = rng.normal(0, 1.5, size=(2,))
         draw.line(
             [tuple(centre - half), tuple(centre + jitter), tuple(centre + half)],
-            fill=int(rng.uniform(150, 255)), width=_line_width(image, rng, 0.6, 2.0),
+            fill=int(rng.uniform(170, 255)), width=_line_width(image, rng, 1.0, 2.5),
         )
     lines = _as_float(canvas)
-    colour = 255.0 if rng.random() < 0.65 else float(rng.uniform(10, 60))  # scuffed or gouged
-    out = _blend(image, ndimage.gaussian_filter(lines, 0.5), colour, 0.45 + 0.5 * place.contrast)
+    colour = _contrasting(image, lines, rng)  # scuffed pale on dark finishes, gouged dark on light
+    out = _blend(image, ndimage.gaussian_filter(lines, 0.5), colour, 0.55 + 0.45 * place.contrast)
     return out, ndimage.binary_dilation(lines > 0.2, iterations=2).astype(np.float32)
 
 
@@ -165,7 +177,8 @@ def dent(image: Array, place: Placement, rng: np.random.Generator) -> tuple[Arra
     out = _warp(image, dx * strength * bump, dy * strength * bump)
     light = rng.uniform(0, 2 * np.pi)
     slope = (np.cos(light) * dx + np.sin(light) * dy) / sigma * bump
-    out = _shade(out, 1.0 + 1.3 * place.contrast * np.clip(slope, -0.8, 0.8))
+    hollow = 0.45 * place.contrast * bump  # the pushed-in floor is in shadow
+    out = _shade(out, 1.0 + 1.3 * place.contrast * np.clip(slope, -0.8, 0.8) - hollow)
     return out, (bump > 0.3).astype(np.float32)
 
 
@@ -238,9 +251,12 @@ def stain(image: Array, place: Placement, rng: np.random.Generator) -> tuple[Arr
     palette = np.array([[110, 70, 30], [150, 120, 40], [60, 50, 40], [90, 30, 40], [40, 60, 30]],
                        dtype=np.float32)
     colour = palette[rng.integers(len(palette))]
-    # Multiply blend: the stain darkens and tints but keeps the texture under it visible.
-    tinted = image * (colour / 255.0)[None, None, :]
-    out = _blend(image, softened, tinted, 0.45 + 0.5 * place.contrast)
+    if image[softened > 0.3].mean() < 115:  # on dark surfaces a dried stain shows pale
+        colour = np.clip(colour + 120.0, 0, 255)
+    # Half multiply, half paint: the stain tints and darkens but the texture under it shows.
+    texture = image.mean(axis=2, keepdims=True) / 255.0
+    tinted = 0.5 * image * (colour / 255.0)[None, None, :] + 0.5 * colour * (0.5 + texture)
+    out = _blend(image, softened, tinted, 0.55 + 0.4 * place.contrast)
     out = _blend(out, rim, colour * 0.4, 0.4 * place.contrast)
     return out, (softened > 0.3).astype(np.float32)
 
@@ -334,6 +350,9 @@ def synthesise_damage(
             damaged = np.where(place.foreground[..., None], damaged, pixels)
             kind_mask = kind_mask * place.foreground
         if kind_mask.sum() < 12:
+            continue
+        change = np.abs(damaged - pixels).sum(axis=2)[kind_mask > 0].mean()
+        if change < MIN_VISIBLE_CHANGE:
             continue
         pixels, mask = damaged, np.maximum(mask, kind_mask)
         drawn.append(kind)

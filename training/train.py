@@ -279,6 +279,17 @@ def data_caches(config: TrainConfig, model: EvidenceNet, splits: Splits, split: 
     return cached(path, lambda: build_prefix_cache(model, samples, f"cache {split}")), samples
 
 
+# Fields that may change between a checkpoint and its resumption: where things are, how long
+# to go on, how often to save. Anything else would silently mix two recipes in one model.
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "checkpoint_every", "threads", "eval_limit", "run_dir", "models_dir", "data_root"})
+
+
+def recipe_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
+    return [name for name, value in saved.to_dict().items()
+            if name not in RESUMABLE_CHANGES and current.to_dict()[name] != value]
+
+
 def main(config: TrainConfig, resume: bool = True) -> Path:
     """Train one model (the fine-tuned one, or the frozen-trunk baseline) to `config.steps`."""
     torch.set_num_threads(config.threads)
@@ -298,6 +309,9 @@ def main(config: TrainConfig, resume: bool = True) -> Path:
     step, history, elapsed = 0, [], 0.0
     if resume and path.exists():
         state = torch.load(path, map_location="cpu", weights_only=False)
+        if recipe_differences(TrainConfig.from_dict(state["config"]), config):
+            raise SystemExit(f"{path} was trained with another config; resume it with that "
+                             "config, or use --no-resume or another --run-dir")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

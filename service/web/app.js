@@ -385,7 +385,7 @@ function photoCard(photo, position, claim) {
       type: "button",
       class: "frame",
       title: "Open full size",
-      onclick: () => openPhoto(image),
+      onclick: () => openPhoto(heatmap.hidden || !heatmap.src ? image : heatmap),
     },
     image,
     heatmap,
@@ -438,12 +438,13 @@ function listingImages(listing) {
     { class: "listing-images" },
     images.map((image, index) => {
       const img = el("img", { class: "photo", alt: `Listing image ${index + 1}` });
-      loadInto(img, image.url);
-      return el(
+      const frame = el(
         "button",
         { type: "button", class: "frame", title: "Open full size", onclick: () => openPhoto(img) },
         img,
       );
+      loadInto(img, image.url); // after framing: the frame shows loading and failure
+      return frame;
     }),
   );
 }
@@ -689,7 +690,7 @@ function setHeatmap(show) {
 function openPhoto(img) {
   if (!img.src) return;
   $("photo-dialog-image").src = img.src;
-  $("photo-dialog-image").alt = img.alt;
+  $("photo-dialog-image").alt = img.alt || "Damage heatmap";
   $("photo-dialog").showModal();
 }
 
