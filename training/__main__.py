@@ -17,10 +17,19 @@ from training.config import TrainConfig
 
 # A few seconds' recipe for tests and smoke checks: the same code path, tiny data and steps.
 TINY_RECIPE = {
-    "max_photos_per_product": 1, "catalog_variants": 2, "photo_variants": 2,
-    "package_variants": 2, "max_packages": 6, "steps": 4, "checkpoint_every": 2,
-    "products_per_batch": 4, "photos_per_product": 1, "packages_per_batch": 4, "eval_limit": 6,
-    "tiles_intact_limit": 3, "warmup_steps": 1,
+    "max_photos_per_product": 1,
+    "catalog_variants": 2,
+    "photo_variants": 2,
+    "package_variants": 2,
+    "max_packages": 6,
+    "steps": 4,
+    "checkpoint_every": 2,
+    "products_per_batch": 4,
+    "photos_per_product": 1,
+    "packages_per_batch": 4,
+    "eval_limit": 6,
+    "tiles_intact_limit": 3,
+    "warmup_steps": 1,
 }
 
 
@@ -66,15 +75,25 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--run-dir", help="checkpoints, caches and reports")
         command.add_argument("--models-dir", help="where models/<name>-<version>/ is written")
         command.add_argument("--steps", type=int, help="optimiser steps")
-        command.add_argument("--extra-manifest", action="append",
-                             help="a user's labelled photos (CSV/JSONL), repeatable")
-        command.add_argument("--set", action="append", metavar="KEY=VALUE",
-                             help="override any TrainConfig field")
-        command.add_argument("--no-resume", action="store_true",
-                             help="start training from scratch even if a checkpoint exists")
+        command.add_argument(
+            "--extra-manifest",
+            action="append",
+            help="a user's labelled photos (CSV/JSONL), repeatable",
+        )
+        command.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="override any TrainConfig field"
+        )
+        command.add_argument(
+            "--no-resume",
+            action="store_true",
+            help="start training from scratch even if a checkpoint exists",
+        )
         if name == "train":
-            command.add_argument("--baseline", action="store_true",
-                                 help="train the heads only, on the frozen ImageNet trunk")
+            command.add_argument(
+                "--baseline",
+                action="store_true",
+                help="train the heads only, on the frozen ImageNet trunk",
+            )
     return root
 
 

@@ -35,7 +35,10 @@ def listing_reuse_threshold(genuine: np.ndarray, copies: np.ndarray) -> float:
 
 
 def fit_calibration(
-    samples: Sequence[Sample], labels: np.ndarray, outputs: Outputs, splits: Splits,
+    samples: Sequence[Sample],
+    labels: np.ndarray,
+    outputs: Outputs,
+    splits: Splits,
     copy_similarities: np.ndarray,
 ) -> tuple[Calibration, dict[str, float], dict[str, Any]]:
     kinds = np.array([s.kind for s in samples])
@@ -56,13 +59,13 @@ def fit_calibration(
         "listing_reuse_similarity": listing_reuse_threshold(pairs["positive"], copy_similarities),
     }
     details = {
-        "fitted_on": "validation split: grocery products and package source_ids unseen in "
-        "training",
+        "fitted_on": "validation split: grocery products and package source_ids unseen in training",
         "damage_examples": int(damage_rows.sum()),
         "mismatch_pairs": len(mismatch_labels),
         "listing_copies": len(copy_similarities),
-        "listing_copies_caught": float(np.mean(
-            copy_similarities >= thresholds["listing_reuse_similarity"])),
+        "listing_copies_caught": float(
+            np.mean(copy_similarities >= thresholds["listing_reuse_similarity"])
+        ),
         "threshold_rules": {
             "high": f"lowest probability whose flagged set is >= {HIGH_PRECISION:.0%} positive",
             "low": f"highest probability below which <= {LOW_MISS_RATE:.0%} are positive",

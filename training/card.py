@@ -28,18 +28,18 @@ DATA_SOURCES: list[dict[str, Any]] = [
     },
     {
         "name": "packages",
-        "what": "\"Damaged Package Detection\" (Roboflow Universe, iot-project), 1,000 web images "
+        "what": '"Damaged Package Detection" (Roboflow Universe, iot-project), 1,000 web images '
         "of parcels and packaging, damaged/intact",
         "licence": "CC BY 4.0",
-        "attribution": "\"Damaged Package Detection\" by a Roboflow user, "
+        "attribution": '"Damaged Package Detection" by a Roboflow user, '
         "https://universe.roboflow.com/iot-project/damaged-package-detection, CC BY 4.0",
         "use": "real damage positives/negatives (train split by source_id); intact photos as "
         "bases for synthetic damage",
     },
     {
         "name": "tiles",
-        "what": "Magnetic-tile surface defects with pixel masks (Huang, Qiu, Yuan, \"Saliency of "
-        "magnetic tile surface defects\")",
+        "what": 'Magnetic-tile surface defects with pixel masks (Huang, Qiu, Yuan, "Saliency of '
+        'magnetic tile surface defects")',
         "licence": "none stated; research use with citation",
         "use": "evaluation only (heatmap localisation); never used for training",
     },
@@ -87,9 +87,11 @@ def build_card(
         "version": version,
         "file": "model.onnx",
         "provisional": provisional,
-        "input": {"name": "image", **{key: spec_dict[key] for key in (
-            "size", "mean", "std", "resize", "pad_value")},
-            "layout": "NCHW float32, RGB, from service.preprocess.model_input"},
+        "input": {
+            "name": "image",
+            **{key: spec_dict[key] for key in ("size", "mean", "std", "resize", "pad_value")},
+            "layout": "NCHW float32, RGB, from service.preprocess.model_input",
+        },
         "outputs": dict(OUTPUT_DESCRIPTIONS),
         "embedding_dim": embedding_dim,
         "calibration": {

@@ -53,8 +53,9 @@ def listing_pairs(samples: Sequence[Sample], splits: Splits, outputs: Outputs) -
     positives, negatives, truth = [], [], []
     for row in photo_rows:
         listing = splits.listings[samples[row].product]
-        photo = GroceryImage(samples[row].path, listing.product, listing.coarse_class,
-                             listing.category, "photo")
+        photo = GroceryImage(
+            samples[row].path, listing.product, listing.coarse_class, listing.category, "photo"
+        )
         negative = index[hard_negative_listing(photo, splits.listings).product]
         embedding = outputs["embedding"][row]
         positives.append(float(embedding @ listing_matrix[column[samples[row].product]]))
@@ -74,8 +75,9 @@ def mismatch_arrays(pairs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.r_[pairs["positive"], pairs["negative"]]
 
 
-def damage_figures(labels: np.ndarray, logits: np.ndarray, calibration: Calibration
-                   ) -> dict[str, float]:
+def damage_figures(
+    labels: np.ndarray, logits: np.ndarray, calibration: Calibration
+) -> dict[str, float]:
     probabilities = calibration.damage(logits)
     return {
         "auroc": auroc(labels, logits),
@@ -85,8 +87,9 @@ def damage_figures(labels: np.ndarray, logits: np.ndarray, calibration: Calibrat
     }
 
 
-def quick_figures(samples: Sequence[Sample], labels: np.ndarray, outputs: Outputs, splits: Splits
-                  ) -> dict[str, float]:
+def quick_figures(
+    samples: Sequence[Sample], labels: np.ndarray, outputs: Outputs, splits: Splits
+) -> dict[str, float]:
     """Uncalibrated held-out figures used to follow training."""
     kinds = np.array([s.kind for s in samples])
     photos, packages = kinds == KIND_PHOTO, kinds == KIND_PACKAGE
@@ -99,8 +102,13 @@ def quick_figures(samples: Sequence[Sample], labels: np.ndarray, outputs: Output
 
 
 def heldout_figures(
-    samples: Sequence[Sample], labels: np.ndarray, kinds_drawn: Sequence[tuple[str, ...]],
-    outputs: Outputs, splits: Splits, calibration: Calibration, thresholds: dict[str, float],
+    samples: Sequence[Sample],
+    labels: np.ndarray,
+    kinds_drawn: Sequence[tuple[str, ...]],
+    outputs: Outputs,
+    splits: Splits,
+    calibration: Calibration,
+    thresholds: dict[str, float],
 ) -> dict[str, Any]:
     """Every figure the model card reports for one model on one held-out split."""
     kinds = np.array([s.kind for s in samples])
@@ -111,8 +119,10 @@ def heldout_figures(
     per_kind = {}
     for kind in sorted({k for drawn in kinds_drawn for k in drawn}):
         rows = np.array([kind in drawn for drawn in kinds_drawn]) & photos
-        per_kind[kind] = auroc(np.r_[np.zeros(len(intact_photo_logits)), np.ones(rows.sum())],
-                               np.r_[intact_photo_logits, logits[rows]])
+        per_kind[kind] = auroc(
+            np.r_[np.zeros(len(intact_photo_logits)), np.ones(rows.sum())],
+            np.r_[intact_photo_logits, logits[rows]],
+        )
     synthetic["auroc_by_kind"] = per_kind
     real = damage_figures(labels[packages], logits[packages], calibration)
     pairs = listing_pairs(samples, splits, outputs)
@@ -135,13 +145,21 @@ def heldout_figures(
             "photos": len(pairs["true_listing"]),
         },
         "confusion_at_thresholds": {
-            "damage_synthetic": confusion_at(labels[photos], p_damage[photos],
-                                             thresholds["damage_low"], thresholds["damage_high"]),
-            "damage_real_packages": confusion_at(labels[packages], p_damage[packages],
-                                                 thresholds["damage_low"],
-                                                 thresholds["damage_high"]),
-            "mismatch": confusion_at(mismatch_labels, p_mismatch, thresholds["mismatch_low"],
-                                     thresholds["mismatch_high"]),
+            "damage_synthetic": confusion_at(
+                labels[photos],
+                p_damage[photos],
+                thresholds["damage_low"],
+                thresholds["damage_high"],
+            ),
+            "damage_real_packages": confusion_at(
+                labels[packages],
+                p_damage[packages],
+                thresholds["damage_low"],
+                thresholds["damage_high"],
+            ),
+            "mismatch": confusion_at(
+                mismatch_labels, p_mismatch, thresholds["mismatch_low"], thresholds["mismatch_high"]
+            ),
         },
     }
 
@@ -155,8 +173,10 @@ def tile_samples(data_root: Any, intact_limit: int, limit: int = 0) -> list[Samp
     if limit > 0:
         damaged = damaged[:: max(1, len(damaged) // limit)][:limit]
         intact = intact[:limit]
-    return [Sample(t.path, KIND_TILE, -1, False, None, False, 0,
-                   t.mask_path if t.damaged else None) for t in damaged + intact]
+    return [
+        Sample(t.path, KIND_TILE, -1, False, None, False, 0, t.mask_path if t.damaged else None)
+        for t in damaged + intact
+    ]
 
 
 def upsampled_heatmap(damage_map: np.ndarray, size: int = 224) -> np.ndarray:

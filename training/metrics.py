@@ -135,8 +135,9 @@ def low_threshold(labels: np.ndarray, probabilities: np.ndarray, miss_rate: floa
     return float(grid[-1])
 
 
-def confusion_at(labels: np.ndarray, probabilities: np.ndarray, low: float, high: float
-                 ) -> dict[str, dict[str, int]]:
+def confusion_at(
+    labels: np.ndarray, probabilities: np.ndarray, low: float, high: float
+) -> dict[str, dict[str, int]]:
     """Counts per true label of the three lanes the thresholds make: below low, between, above."""
     labels = np.asarray(labels, dtype=bool)
     lanes = {

@@ -49,8 +49,9 @@ class EvidenceNet(nn.Module):
     ) -> None:
         super().__init__()
         # pretrained=False builds the bare architecture, to be filled from a checkpoint.
-        trunk = (load_pretrained_trunk() if pretrained
-                 else EfficientNet.from_name("efficientnet-lite0"))
+        trunk = (
+            load_pretrained_trunk() if pretrained else EfficientNet.from_name("efficientnet-lite0")
+        )
         self.split_block = split_block
         std = torch.tensor(spec.std).view(1, 3, 1, 1)
         mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
@@ -109,9 +110,7 @@ class EvidenceNet(nn.Module):
             x = block(x)
         return self.head_conv(x)
 
-    def heads(
-        self, features: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         damage_features = self.damage_features(features)
         damage_map = self.damage_map_head(damage_features).squeeze(1)
         pooled = torch.cat(

@@ -56,14 +56,16 @@ def _json(path: Path, value: Any | None = None) -> Any:
 def trained_models(config: TrainConfig) -> dict[str, EvidenceNet]:
     models = {}
     for variant in VARIANTS:
-        variant_config = TrainConfig.from_dict({**config.to_dict(),
-                                                "fine_tune": variant == "model"})
+        variant_config = TrainConfig.from_dict(
+            {**config.to_dict(), "fine_tune": variant == "model"}
+        )
         models[variant], _, _ = load_model(checkpoint_path(variant_config))
     return models
 
 
 def listing_copies(image: Image.Image) -> list[Image.Image]:
     """What a re-uploaded listing photo looks like: re-encoded, resized, cropped, brightened."""
+
     def jpeg(picture: Image.Image, quality: int) -> Image.Image:
         buffer = io.BytesIO()
         picture.save(buffer, format="JPEG", quality=quality)
@@ -92,19 +94,27 @@ def copy_similarities(model: EvidenceNet, listing_paths: list[Path]) -> np.ndarr
 
 def calibrate(config: TrainConfig) -> dict[str, Any]:
     torch.set_num_threads(config.threads)
-    splits = make_splits(Path(config.data_root), config.val_fraction, config.test_fraction,
-                         config.seed)
+    splits = make_splits(
+        Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
+    )
     models = trained_models(config)
     cache, samples = data_caches(config, models["model"], splits, "val")
-    val_listings = [listing.path for listing in splits.listings
-                    if splits.product_split[listing.product] == "val"]
+    val_listings = [
+        listing.path
+        for listing in splits.listings
+        if splits.product_split[listing.product] == "val"
+    ]
     result = {}
     for variant, model in models.items():
         outputs = predict_cache(model, cache)
         calibration, thresholds, details = fit_calibration(
-            samples, cache.damage.numpy(), outputs, splits, copy_similarities(model, val_listings))
-        result[variant] = {"calibration": calibration.__dict__, "thresholds": thresholds,
-                           "details": details}
+            samples, cache.damage.numpy(), outputs, splits, copy_similarities(model, val_listings)
+        )
+        result[variant] = {
+            "calibration": calibration.__dict__,
+            "thresholds": thresholds,
+            "details": details,
+        }
     return _json(Path(config.run_dir) / "calibration.json", result)
 
 
@@ -116,72 +126,97 @@ def evaluate(config: TrainConfig) -> dict[str, Any]:
     """Held-out test figures for the fine-tuned model and the frozen-trunk baseline (they share
     the frozen prefix, so its features are computed once for both)."""
     torch.set_num_threads(config.threads)
-    splits = make_splits(Path(config.data_root), config.val_fraction, config.test_fraction,
-                         config.seed)
+    splits = make_splits(
+        Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
+    )
     calibrations = _json(Path(config.run_dir) / "calibration.json")
     models = trained_models(config)
     cache, samples = data_caches(config, models["model"], splits, "test")
     tiles = tile_samples(Path(config.data_root), config.tiles_intact_limit, config.eval_limit)
     tiles_cache = build_prefix_cache(models["model"], tiles, "tiles")
     tiles_rendered = [render(sample) for sample in tiles]
-    report: dict[str, Any] = {"split": "test: grocery products and package source_ids never "
-                              "seen in training or calibration; tiles never used in training"}
+    report: dict[str, Any] = {
+        "split": "test: grocery products and package source_ids never "
+        "seen in training or calibration; tiles never used in training"
+    }
     for variant, model in models.items():
         entry = calibrations[variant]
-        figures = heldout_figures(samples, cache.damage.numpy(), cache.kinds_drawn,
-                                  predict_cache(model, cache), splits, _calibration(entry),
-                                  entry["thresholds"])
+        figures = heldout_figures(
+            samples,
+            cache.damage.numpy(),
+            cache.kinds_drawn,
+            predict_cache(model, cache),
+            splits,
+            _calibration(entry),
+            entry["thresholds"],
+        )
         figures["localisation_tiles"] = localisation_figures(
-            tiles_rendered, predict_cache(model, tiles_cache))
+            tiles_rendered, predict_cache(model, tiles_cache)
+        )
         report[variant] = figures
     return _json(Path(config.run_dir) / "evaluation.json", report)
 
 
 def parity_photos(config: TrainConfig, count: int = 8) -> list[Image.Image]:
     """Real photos (phone photos, a catalog image, packages) decoded by the service's intake."""
-    splits = make_splits(Path(config.data_root), config.val_fraction, config.test_fraction,
-                         config.seed)
+    splits = make_splits(
+        Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
+    )
     photos = splits.grocery_photos["val"][:: max(1, len(splits.grocery_photos["val"]) // count)]
     paths = [p.path for p in photos[: count // 2]] + [splits.listings[0].path]
     paths += [p.path for p in splits.packages["val"][: count - len(paths)]]
     return [open_photo(path.read_bytes()).image for path in paths]
 
 
-def torch_onnx_max_difference(model: EvidenceNet, onnx_path: Path, images: list[Image.Image]
-                              ) -> float:
+def torch_onnx_max_difference(
+    model: EvidenceNet, onnx_path: Path, images: list[Image.Image]
+) -> float:
     batch = np.stack([model_input(image) for image in images])
     with torch.no_grad():
         expected = [tensor.numpy() for tensor in model(torch.from_numpy(batch))]
     actual = run_onnx(onnx_session(onnx_path), batch)
-    return max(float(np.abs(actual[name] - value).max())
-               for name, value in zip(actual, expected, strict=True))
+    return max(
+        float(np.abs(actual[name] - value).max())
+        for name, value in zip(actual, expected, strict=True)
+    )
 
 
-def _onnx_figures(path: Path, rendered_images: np.ndarray, samples: list[Sample],
-                  labels: np.ndarray, splits: Any) -> dict[str, float]:
+def _onnx_figures(
+    path: Path, rendered_images: np.ndarray, samples: list[Sample], labels: np.ndarray, splits: Any
+) -> dict[str, float]:
     session = onnx_session(path)
-    parts = [run_onnx(session, rendered_images[start : start + 32])
-             for start in range(0, len(rendered_images), 32)]
+    parts = [
+        run_onnx(session, rendered_images[start : start + 32])
+        for start in range(0, len(rendered_images), 32)
+    ]
     outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     return quick_figures(samples, labels, outputs, splits)
 
 
 def int8_study(config: TrainConfig, fp32_path: Path, int8_path: Path) -> dict[str, Any]:
     """Static QDQ INT8 calibrated on validation photos, against fp32: speed and held-out loss."""
-    splits = make_splits(Path(config.data_root), config.val_fraction, config.test_fraction,
-                         config.seed)
+    splits = make_splits(
+        Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
+    )
     limited = TrainConfig.from_dict({**config.to_dict(), "eval_limit": config.eval_limit or 150})
-    calibration_samples = [s for s in heldout_samples(limited, splits, "val")
-                           if s.kind in (KIND_PHOTO, KIND_PACKAGE)]
+    calibration_samples = [
+        s for s in heldout_samples(limited, splits, "val") if s.kind in (KIND_PHOTO, KIND_PACKAGE)
+    ]
     calibration_images = np.stack([render(s).image for s in calibration_samples])
-    quantize_int8(fp32_path, int8_path,
-                  [calibration_images[i : i + 16] for i in range(0, len(calibration_images), 16)])
+    quantize_int8(
+        fp32_path,
+        int8_path,
+        [calibration_images[i : i + 16] for i in range(0, len(calibration_images), 16)],
+    )
     test_samples = heldout_samples(limited, splits, "test")
     rendered = [render(s) for s in test_samples]
     images = np.stack([item.image for item in rendered])
     labels = np.array([item.damage for item in rendered])
-    study: dict[str, Any] = {"calibration_images": len(calibration_images),
-                             "test_images": len(test_samples), "threads": 2}
+    study: dict[str, Any] = {
+        "calibration_images": len(calibration_images),
+        "test_images": len(test_samples),
+        "threads": 2,
+    }
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
         study[name] = {
             "size_mb": round(path.stat().st_size / 1e6, 2),
@@ -190,14 +225,18 @@ def int8_study(config: TrainConfig, fp32_path: Path, int8_path: Path) -> dict[st
             **_onnx_figures(path, images, test_samples, labels, splits),
         }
     speedup = study["fp32"]["latency_ms_batch1"] / study["int8"]["latency_ms_batch1"]
-    drop = max(study["fp32"][key] - study["int8"][key] for key in
-               ("damage_auroc_synthetic", "damage_auroc_packages", "mismatch_auroc"))
+    drop = max(
+        study["fp32"][key] - study["int8"][key]
+        for key in ("damage_auroc_synthetic", "damage_auroc_packages", "mismatch_auroc")
+    )
     ship_int8 = speedup >= INT8_MIN_SPEEDUP and drop <= INT8_MAX_AUROC_DROP
     study["speedup_batch1"] = round(speedup, 3)
     study["largest_auroc_drop"] = round(drop, 4)
     study["shipped"] = "int8" if ship_int8 else "fp32"
-    study["rule"] = (f"ship INT8 only if at least {INT8_MIN_SPEEDUP}x faster at batch 1 and no "
-                     f"held-out AUROC drops by more than {INT8_MAX_AUROC_DROP}")
+    study["rule"] = (
+        f"ship INT8 only if at least {INT8_MIN_SPEEDUP}x faster at batch 1 and no "
+        f"held-out AUROC drops by more than {INT8_MAX_AUROC_DROP}"
+    )
     return study
 
 
@@ -222,10 +261,12 @@ def export(config: TrainConfig) -> Path:
 
 def _headline(figures: dict[str, Any]) -> dict[str, float]:
     return {
-        "damage_auroc_synthetic_unseen_products":
-            figures["damage_synthetic_unseen_products"]["auroc"],
-        "damage_ap_synthetic_unseen_products":
-            figures["damage_synthetic_unseen_products"]["average_precision"],
+        "damage_auroc_synthetic_unseen_products": figures["damage_synthetic_unseen_products"][
+            "auroc"
+        ],
+        "damage_ap_synthetic_unseen_products": figures["damage_synthetic_unseen_products"][
+            "average_precision"
+        ],
         "damage_ece_synthetic_unseen_products": figures["damage_synthetic_unseen_products"]["ece"],
         "damage_auroc_real_packages": figures["damage_real_packages"]["auroc"],
         "damage_ap_real_packages": figures["damage_real_packages"]["average_precision"],
@@ -249,32 +290,45 @@ TARGETS = {
 }
 
 
-def model_card(config: TrainConfig, state: dict[str, Any], parity: float, study: dict[str, Any]
-               ) -> dict[str, Any]:
+def model_card(
+    config: TrainConfig, state: dict[str, Any], parity: float, study: dict[str, Any]
+) -> dict[str, Any]:
     run_dir = Path(config.run_dir)
     calibrations = _json(run_dir / "calibration.json")
     evaluation = _json(run_dir / "evaluation.json")
     metrics = _headline(evaluation["model"])
     baseline = _headline(evaluation["baseline"])
     targets = {
-        name: {"target": f"{op} {value}", "value": round(metrics[name], 4),
-               "met": metrics[name] >= value if op == ">=" else metrics[name] <= value}
+        name: {
+            "target": f"{op} {value}",
+            "value": round(metrics[name], 4),
+            "met": metrics[name] >= value if op == ">=" else metrics[name] <= value,
+        }
         for name, (op, value) in TARGETS.items()
     }
     entry = calibrations["model"]
     baseline_state = torch.load(run_dir / "baseline.pt", map_location="cpu", weights_only=False)
     return build_card(
-        name=config.name, version=config.version, embedding_dim=config.embedding_dim,
+        name=config.name,
+        version=config.version,
+        embedding_dim=config.embedding_dim,
         temperature=round(entry["calibration"]["temperature"], 4),
         mismatch_slope=round(entry["calibration"]["mismatch_slope"], 4),
         mismatch_intercept=round(entry["calibration"]["mismatch_intercept"], 4),
         thresholds=entry["thresholds"],
-        metrics={**{k: round(v, 4) for k, v in metrics.items()}, "targets": targets,
-                 "detail": evaluation["model"], "split": evaluation["split"]},
-        baselines={**{k: round(v, 4) for k, v in baseline.items()},
-                   "what": "the same heads trained with the same recipe on the frozen ImageNet "
-                   "trunk (no fine-tuning)", "detail": evaluation["baseline"],
-                   "calibration": calibrations["baseline"]},
+        metrics={
+            **{k: round(v, 4) for k, v in metrics.items()},
+            "targets": targets,
+            "detail": evaluation["model"],
+            "split": evaluation["split"],
+        },
+        baselines={
+            **{k: round(v, 4) for k, v in baseline.items()},
+            "what": "the same heads trained with the same recipe on the frozen ImageNet "
+            "trunk (no fine-tuning)",
+            "detail": evaluation["baseline"],
+            "calibration": calibrations["baseline"],
+        },
         training={
             "config": state["config"],
             "steps": state["step"],
@@ -286,7 +340,14 @@ def model_card(config: TrainConfig, state: dict[str, Any], parity: float, study:
             "trained_at": time.strftime("%Y-%m-%d", time.gmtime()),
         },
         provisional=False,
-        extra={"export": {"opset": 17, "exporter": "torch.onnx (TorchScript, dynamo=False)",
-                          "dynamic_axes": "batch", "torch_onnx_max_abs_diff": parity,
-                          "format": study["shipped"], "int8_study": study}},
+        extra={
+            "export": {
+                "opset": 17,
+                "exporter": "torch.onnx (TorchScript, dynamo=False)",
+                "dynamic_axes": "batch",
+                "torch_onnx_max_abs_diff": parity,
+                "format": study["shipped"],
+                "int8_study": study,
+            }
+        },
     )

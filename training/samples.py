@@ -68,8 +68,11 @@ def letterbox_mask(mask: np.ndarray, spec: InputSpec = DEFAULT_INPUT_SPEC) -> np
 
 def map_target(letterboxed_mask: np.ndarray) -> np.ndarray:
     cell = letterboxed_mask.shape[0] // MAP_SIZE
-    coverage = letterboxed_mask[: cell * MAP_SIZE, : cell * MAP_SIZE].reshape(
-        MAP_SIZE, cell, MAP_SIZE, cell).mean(axis=(1, 3))
+    coverage = (
+        letterboxed_mask[: cell * MAP_SIZE, : cell * MAP_SIZE]
+        .reshape(MAP_SIZE, cell, MAP_SIZE, cell)
+        .mean(axis=(1, 3))
+    )
     return np.clip(coverage / FULL_CELL_COVERAGE, 0.0, 1.0).astype(np.float32)
 
 
@@ -86,8 +89,12 @@ def augment(image: Image.Image, rng: np.random.Generator, catalog: bool) -> Imag
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if catalog and rng.random() < 0.7:
-        image = image.rotate(float(rng.uniform(-15, 15)), resample=Image.Resampling.BILINEAR,
-                             expand=True, fillcolor=(255, 255, 255))
+        image = image.rotate(
+            float(rng.uniform(-15, 15)),
+            resample=Image.Resampling.BILINEAR,
+            expand=True,
+            fillcolor=(255, 255, 255),
+        )
     image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.7, 1.3))
     image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.7, 1.3))
     image = ImageEnhance.Color(image).enhance(rng.uniform(0.7, 1.3))
@@ -157,27 +164,57 @@ def training_samples(config: TrainConfig, splits: Splits) -> tuple[list[Sample],
     photos = limit_per_product(splits.grocery_photos["train"], config.max_photos_per_product)
     for number, photo in enumerate(photos):
         for variant in range(config.photo_variants):
-            damaged = variant % 2 == 1 if config.photo_variants > 1 else (
-                np.random.default_rng(sample_seed(seed, "p", number)).random()
-                < config.damage_probability)
-            samples.append(Sample(photo.path, KIND_PHOTO, index[photo.product], damaged, None,
-                                  True, sample_seed(seed, "photo", number, variant)))
+            damaged = (
+                variant % 2 == 1
+                if config.photo_variants > 1
+                else (
+                    np.random.default_rng(sample_seed(seed, "p", number)).random()
+                    < config.damage_probability
+                )
+            )
+            samples.append(
+                Sample(
+                    photo.path,
+                    KIND_PHOTO,
+                    index[photo.product],
+                    damaged,
+                    None,
+                    True,
+                    sample_seed(seed, "photo", number, variant),
+                )
+            )
     for listing in splits.listings:
         if splits.product_split[listing.product] != "train":
             continue
         for variant in range(config.catalog_variants):
-            samples.append(Sample(listing.path, KIND_CATALOG, index[listing.product],
-                                  variant % 2 == 1, None, True,
-                                  sample_seed(seed, "catalog", listing.product, variant)))
+            samples.append(
+                Sample(
+                    listing.path,
+                    KIND_CATALOG,
+                    index[listing.product],
+                    variant % 2 == 1,
+                    None,
+                    True,
+                    sample_seed(seed, "catalog", listing.product, variant),
+                )
+            )
     packages = splits.packages["train"]
     if config.max_packages > 0:
         packages = packages[: config.max_packages]
     for number, package in enumerate(packages):
         for variant in range(config.package_variants):
             synthetic = not package.damaged and variant % 2 == 1
-            samples.append(Sample(package.path, KIND_PACKAGE, -1, synthetic,
-                                  None if synthetic else package.damaged, True,
-                                  sample_seed(seed, "package", number, variant)))
+            samples.append(
+                Sample(
+                    package.path,
+                    KIND_PACKAGE,
+                    -1,
+                    synthetic,
+                    None if synthetic else package.damaged,
+                    True,
+                    sample_seed(seed, "package", number, variant),
+                )
+            )
     for manifest in config.extra_manifests:
         samples.extend(_user_samples(Path(manifest), products, seed))
     return samples, products
@@ -199,12 +236,28 @@ def _user_samples(manifest: Path, products: list[str], seed: int) -> list[Sample
             if key not in products:
                 products.append(key)
                 samples.extend(
-                    Sample(path, KIND_CATALOG, len(products) - 1, False, None, True,
-                           sample_seed(seed, key, variant))
+                    Sample(
+                        path,
+                        KIND_CATALOG,
+                        len(products) - 1,
+                        False,
+                        None,
+                        True,
+                        sample_seed(seed, key, variant),
+                    )
                     for variant, path in enumerate(row.listing_images)
                 )
-            samples.append(Sample(row.path, KIND_PHOTO, products.index(key), False,
-                                  row.damage if row.damage is not None else None, True, row_seed))
+            samples.append(
+                Sample(
+                    row.path,
+                    KIND_PHOTO,
+                    products.index(key),
+                    False,
+                    row.damage if row.damage is not None else None,
+                    True,
+                    row_seed,
+                )
+            )
     return samples
 
 
@@ -220,9 +273,20 @@ def heldout_samples(config: TrainConfig, splits: Splits, split: str) -> list[Sam
     samples = []
     for number, photo in enumerate(photos):
         for damaged in (False, True):
-            samples.append(Sample(photo.path, KIND_PHOTO, index[photo.product], damaged, None,
-                                  False, sample_seed(config.seed, split, number, damaged)))
+            samples.append(
+                Sample(
+                    photo.path,
+                    KIND_PHOTO,
+                    index[photo.product],
+                    damaged,
+                    None,
+                    False,
+                    sample_seed(config.seed, split, number, damaged),
+                )
+            )
     samples.extend(Sample(p.path, KIND_PACKAGE, -1, False, p.damaged, False, 0) for p in packages)
-    samples.extend(Sample(listing.path, KIND_CATALOG, index[listing.product], False, None, False, 0)
-                   for listing in splits.listings)
+    samples.extend(
+        Sample(listing.path, KIND_CATALOG, index[listing.product], False, None, False, 0)
+        for listing in splits.listings
+    )
     return samples

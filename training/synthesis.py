@@ -71,7 +71,10 @@ def _line_width(image: Array, rng: np.random.Generator, low: float, high: float)
 
 
 def _random_walk(
-    start: tuple[float, float], length: float, heading: float, rng: np.random.Generator,
+    start: tuple[float, float],
+    length: float,
+    heading: float,
+    rng: np.random.Generator,
     wiggle: float = 0.35,
 ) -> list[tuple[float, float]]:
     points = [start]
@@ -140,7 +143,8 @@ def scratches(image: Array, place: Placement, rng: np.random.Generator) -> tuple
         jitter = rng.normal(0, 1.5, size=(2,))
         draw.line(
             [tuple(centre - half), tuple(centre + jitter), tuple(centre + half)],
-            fill=int(rng.uniform(170, 255)), width=_line_width(image, rng, 1.0, 2.5),
+            fill=int(rng.uniform(170, 255)),
+            width=_line_width(image, rng, 1.0, 2.5),
         )
     lines = _as_float(canvas)
     colour = _contrasting(image, lines, rng)  # scuffed pale on dark finishes, gouged dark on light
@@ -148,8 +152,9 @@ def scratches(image: Array, place: Placement, rng: np.random.Generator) -> tuple
     return out, ndimage.binary_dilation(lines > 0.2, iterations=2).astype(np.float32)
 
 
-def _gaussian_bump(shape: tuple[int, int], centre: tuple[float, float], sigma: tuple[float, float],
-                   angle: float) -> tuple[Array, Array, Array]:
+def _gaussian_bump(
+    shape: tuple[int, int], centre: tuple[float, float], sigma: tuple[float, float], angle: float
+) -> tuple[Array, Array, Array]:
     ys, xs = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     dx, dy = xs - centre[0], ys - centre[1]
     u = dx * np.cos(angle) + dy * np.sin(angle)
@@ -162,8 +167,11 @@ def _warp(image: Array, shift_x: Array, shift_y: Array) -> Array:
     ys, xs = np.mgrid[0 : image.shape[0], 0 : image.shape[1]].astype(np.float32)
     coordinates = [ys + shift_y, xs + shift_x]
     return np.stack(
-        [ndimage.map_coordinates(image[..., c], coordinates, order=1, mode="reflect")
-         for c in range(3)], axis=-1,
+        [
+            ndimage.map_coordinates(image[..., c], coordinates, order=1, mode="reflect")
+            for c in range(3)
+        ],
+        axis=-1,
     )
 
 
@@ -195,8 +203,9 @@ def crush(image: Array, place: Placement, rng: np.random.Generator) -> tuple[Arr
     canvas, draw = _canvas(image.shape[:2])
     for _ in range(rng.integers(3, 9)):
         start = np.asarray(place.centre) + rng.normal(0, sigma * 0.5, size=2)
-        path = _random_walk(tuple(start), sigma * rng.uniform(0.6, 1.6), rng.uniform(0, 2 * np.pi),
-                            rng, wiggle=0.2)
+        path = _random_walk(
+            tuple(start), sigma * rng.uniform(0.6, 1.6), rng.uniform(0, 2 * np.pi), rng, wiggle=0.2
+        )
         draw.line(path, fill=255, width=_line_width(image, rng, 1.0, 3.0))
     creases = ndimage.gaussian_filter(_as_float(canvas), 1.2)
     gradient = np.gradient(creases, axis=1) * 6.0
@@ -205,8 +214,13 @@ def crush(image: Array, place: Placement, rng: np.random.Generator) -> tuple[Arr
     return out, (region > 0.3).astype(np.float32)
 
 
-def _jagged_polygon(centre: tuple[float, float], radius: float, rng: np.random.Generator,
-                    points: int = 18, roughness: float = 0.35) -> list[tuple[float, float]]:
+def _jagged_polygon(
+    centre: tuple[float, float],
+    radius: float,
+    rng: np.random.Generator,
+    points: int = 18,
+    roughness: float = 0.35,
+) -> list[tuple[float, float]]:
     angles = np.sort(rng.uniform(0, 2 * np.pi, size=points))
     radii = radius * np.clip(1.0 + rng.normal(0, roughness, size=points), 0.35, 1.8)
     stretch = rng.uniform(0.4, 1.0)
@@ -220,8 +234,9 @@ def _jagged_polygon(centre: tuple[float, float], radius: float, rng: np.random.G
 def tear(image: Array, place: Placement, rng: np.random.Generator) -> tuple[Array, Array]:
     """A ripped opening: dark hole or pale torn paper inside, a fibrous light rim around it."""
     canvas, draw = _canvas(image.shape[:2])
-    draw.polygon(_jagged_polygon(place.centre, place.size * 0.45, rng, points=26, roughness=0.3),
-                 fill=255)
+    draw.polygon(
+        _jagged_polygon(place.centre, place.size * 0.45, rng, points=26, roughness=0.3), fill=255
+    )
     hole = _as_float(canvas) > 0.5
     rim = ndimage.binary_dilation(hole, iterations=_line_width(image, rng, 2.0, 5.0)) & ~hole
     inside_colour = (
@@ -238,18 +253,26 @@ def tear(image: Array, place: Placement, rng: np.random.Generator) -> tuple[Arra
 def stain(image: Array, place: Placement, rng: np.random.Generator) -> tuple[Array, Array]:
     """A blotch that tints what is under it, darker at its dried rim."""
     noise = ndimage.gaussian_filter(rng.normal(0, 1, size=image.shape[:2]), place.size * 0.12)
-    region, _, _ = _gaussian_bump(image.shape[:2], place.centre,
-                                  (place.size * 0.45, place.size * rng.uniform(0.25, 0.45)),
-                                  rng.uniform(0, np.pi))
+    region, _, _ = _gaussian_bump(
+        image.shape[:2],
+        place.centre,
+        (place.size * 0.45, place.size * rng.uniform(0.25, 0.45)),
+        rng.uniform(0, np.pi),
+    )
     field = region + 0.6 * noise / max(float(np.abs(noise).max()), 1e-6)
     blob = field > 0.55
     if blob.sum() < 20:
         blob = region > 0.5
     softened = ndimage.gaussian_filter(blob.astype(np.float32), 1.5)
-    rim = softened * (1.0 - ndimage.gaussian_filter(
-        ndimage.binary_erosion(blob, iterations=3).astype(np.float32), 1.5))
-    palette = np.array([[110, 70, 30], [150, 120, 40], [60, 50, 40], [90, 30, 40], [40, 60, 30]],
-                       dtype=np.float32)
+    rim = softened * (
+        1.0
+        - ndimage.gaussian_filter(
+            ndimage.binary_erosion(blob, iterations=3).astype(np.float32), 1.5
+        )
+    )
+    palette = np.array(
+        [[110, 70, 30], [150, 120, 40], [60, 50, 40], [90, 30, 40], [40, 60, 30]], dtype=np.float32
+    )
     colour = palette[rng.integers(len(palette))]
     if image[softened > 0.3].mean() < 115:  # on dark surfaces a dried stain shows pale
         colour = np.clip(colour + 120.0, 0, 255)
@@ -270,8 +293,10 @@ def shattered_glass(
     spokes = int(rng.integers(6, 16))
     angles = np.sort(rng.uniform(0, 2 * np.pi, size=spokes))
     lengths = place.size * rng.uniform(0.5, 1.2, size=spokes)
-    walks = [_random_walk(place.centre, length, angle, rng, wiggle=0.12)
-             for angle, length in zip(angles, lengths, strict=True)]
+    walks = [
+        _random_walk(place.centre, length, angle, rng, wiggle=0.12)
+        for angle, length in zip(angles, lengths, strict=True)
+    ]
     for walk in walks:
         draw.line(walk, fill=255, width=width)
     for ring in np.sort(rng.uniform(0.2, 0.9, size=rng.integers(1, 4))):
@@ -309,8 +334,12 @@ def missing_part(image: Array, place: Placement, rng: np.random.Generator) -> tu
     out = _blend(image, chunk.astype(np.float32), fill, 1.0)
     edge_width = _line_width(image, rng, 1.5, 3.5)
     break_edge = ndimage.binary_dilation(chunk, iterations=edge_width) & ~chunk
-    out = _blend(out, ndimage.gaussian_filter(break_edge.astype(np.float32), 0.8),
-                 float(rng.choice([30.0, 230.0])), 0.4 + 0.5 * place.contrast)
+    out = _blend(
+        out,
+        ndimage.gaussian_filter(break_edge.astype(np.float32), 0.8),
+        float(rng.choice([30.0, 230.0])),
+        0.4 + 0.5 * place.contrast,
+    )
     return out, ndimage.binary_dilation(chunk, iterations=2).astype(np.float32)
 
 
@@ -329,7 +358,9 @@ DAMAGE_KINDS: dict[str, DamageFn] = {
 
 
 def synthesise_damage(
-    image: Image.Image, rng: np.random.Generator, kinds: tuple[str, ...] | None = None,
+    image: Image.Image,
+    rng: np.random.Generator,
+    kinds: tuple[str, ...] | None = None,
     max_damages: int = 2,
 ) -> tuple[Image.Image, Array, list[str]]:
     """Draw one or more damages on a photo. Returns the damaged photo, its mask (HxW, 0/1) and

@@ -61,8 +61,7 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def build_prefix_cache(model: EvidenceNet, samples: list[Sample], description: str
-                       ) -> PrefixCache:
+def build_prefix_cache(model: EvidenceNet, samples: list[Sample], description: str) -> PrefixCache:
     model.eval()
     features, damage, targets, has_map, kinds_drawn = [], [], [], [], []
     for start in tqdm(range(0, len(samples), CACHE_BATCH), desc=description, unit="batch"):
@@ -95,8 +94,13 @@ def cached(path: Path, build: Any) -> PrefixCache:
 
 
 def cache_key(samples: list[Sample], split_block: int) -> str:
-    text = json.dumps([[str(s.path), s.kind, s.product, s.synthesise, s.real_damage, s.augment,
-                        s.seed] for s in samples] + [split_block])
+    text = json.dumps(
+        [
+            [str(s.path), s.kind, s.product, s.synthesise, s.real_damage, s.augment, s.seed]
+            for s in samples
+        ]
+        + [split_block]
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -134,11 +138,15 @@ class BatchSampler:
         remaining = [p for p in self.products if p not in chosen]
         extra = rng.choice(remaining, size=max(0, wanted - len(chosen)), replace=False)
         chosen = (chosen + [int(p) for p in extra])[:wanted]
-        photos = np.array([rng.choice(self.photo_rows[p], size=self.config.photos_per_product)
-                           for p in chosen]).reshape(-1)
+        photos = np.array(
+            [rng.choice(self.photo_rows[p], size=self.config.photos_per_product) for p in chosen]
+        ).reshape(-1)
         catalogs = np.array([rng.choice(self.catalog_rows[p]) for p in chosen])
-        packages = (rng.choice(self.package_rows, size=self.config.packages_per_batch)
-                    if len(self.package_rows) else np.zeros(0, dtype=int))
+        packages = (
+            rng.choice(self.package_rows, size=self.config.packages_per_batch)
+            if len(self.package_rows)
+            else np.zeros(0, dtype=int)
+        )
         return photos, catalogs, packages
 
 
@@ -150,8 +158,9 @@ def damage_losses(
     has_map = cache.has_map[rows]
     map_losses = []
     if has_map.any():
-        map_losses.append(F.binary_cross_entropy_with_logits(
-            damage_map[has_map], cache.map_target[rows][has_map]))
+        map_losses.append(
+            F.binary_cross_entropy_with_logits(damage_map[has_map], cache.map_target[rows][has_map])
+        )
     weak = ~has_map
     if weak.any():
         # A real damaged photo without a mask: somewhere on the map there must be damage.
@@ -161,8 +170,12 @@ def damage_losses(
 
 
 def embedding_loss(
-    photo_embeddings: torch.Tensor, catalog_embeddings: torch.Tensor, photo_owner: torch.Tensor,
-    same_class: torch.Tensor, temperature: float, margin: float,
+    photo_embeddings: torch.Tensor,
+    catalog_embeddings: torch.Tensor,
+    photo_owner: torch.Tensor,
+    same_class: torch.Tensor,
+    temperature: float,
+    margin: float,
 ) -> torch.Tensor:
     """InfoNCE of each phone photo against the batch's catalog images, plus a margin on the
     hardest catalog image of another product in the same coarse class."""
@@ -178,36 +191,58 @@ def embedding_loss(
 
 
 def train_one_epoch(
-    model: EvidenceNet, optimizer: torch.optim.Optimizer, scheduler: Any, cache: PrefixCache,
-    sampler: BatchSampler, coarse_class: list[str], rng: np.random.Generator, config: TrainConfig,
-    first_step: int, last_step: int,
+    model: EvidenceNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    cache: PrefixCache,
+    sampler: BatchSampler,
+    coarse_class: list[str],
+    rng: np.random.Generator,
+    config: TrainConfig,
+    first_step: int,
+    last_step: int,
 ) -> dict[str, float]:
     model.train()
     totals: dict[str, float] = defaultdict(float)
-    progress = tqdm(range(first_step, last_step), desc=f"steps {first_step}-{last_step}",
-                    unit="step")
+    progress = tqdm(
+        range(first_step, last_step), desc=f"steps {first_step}-{last_step}", unit="step"
+    )
     for _ in progress:
         photos, catalogs, packages = sampler.sample(rng)
         rows = torch.from_numpy(np.concatenate([photos, catalogs, packages]))
         damage_logit, damage_map, embedding = model.forward_from_prefix(
-            cache.features[rows].float())
+            cache.features[rows].float()
+        )
         image_loss, map_loss = damage_losses(damage_logit, damage_map, cache, rows)
         owners = cache.product[torch.from_numpy(catalogs)]
-        photo_owner = (cache.product[torch.from_numpy(photos)][:, None] == owners[None]).float(
-            ).argmax(dim=1)
+        photo_owner = (
+            (cache.product[torch.from_numpy(photos)][:, None] == owners[None]).float().argmax(dim=1)
+        )
         classes = [coarse_class[int(p)] for p in owners]
         same_class = torch.tensor([[a == b for b in classes] for a in classes])
         match_loss = embedding_loss(
-            embedding[: len(photos)], embedding[len(photos) : len(photos) + len(catalogs)],
-            photo_owner, same_class, config.embedding_temperature, config.hard_negative_margin)
-        loss = (image_loss + config.map_loss_weight * map_loss
-                + config.embedding_loss_weight * match_loss)
+            embedding[: len(photos)],
+            embedding[len(photos) : len(photos) + len(catalogs)],
+            photo_owner,
+            same_class,
+            config.embedding_temperature,
+            config.hard_negative_margin,
+        )
+        loss = (
+            image_loss
+            + config.map_loss_weight * map_loss
+            + config.embedding_loss_weight * match_loss
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        for name, value in (("loss", loss), ("damage", image_loss), ("map", map_loss),
-                            ("match", match_loss)):
+        for name, value in (
+            ("loss", loss),
+            ("damage", image_loss),
+            ("map", map_loss),
+            ("match", match_loss),
+        ):
             totals[name] += value.item()
         progress.set_postfix(loss=f"{float(loss):.3f}", match=f"{float(match_loss):.3f}")
     return {name: value / max(1, last_step - first_step) for name, value in totals.items()}
@@ -219,28 +254,37 @@ def predict_cache(model: EvidenceNet, cache: PrefixCache, batch: int = 64) -> di
     outputs: dict[str, list[np.ndarray]] = defaultdict(list)
     for start in range(0, len(cache), batch):
         logits, maps, embeddings = model.forward_from_prefix(
-            cache.features[start : start + batch].float())
+            cache.features[start : start + batch].float()
+        )
         outputs["damage_logit"].append(logits.numpy())
         outputs["damage_map"].append(maps.numpy())
         outputs["embedding"].append(embeddings.numpy())
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 
-def evaluate(model: EvidenceNet, cache: PrefixCache, samples: list[Sample], splits: Splits
-             ) -> dict[str, float]:
+def evaluate(
+    model: EvidenceNet, cache: PrefixCache, samples: list[Sample], splits: Splits
+) -> dict[str, float]:
     """Quick held-out figures: damage AUROC (synthetic on unseen products, real packages) and
     mismatch AUROC (own listing against a same-class listing)."""
     return quick_figures(samples, cache.damage.numpy(), predict_cache(model, cache), splits)
 
 
-def make_optimizer(model: EvidenceNet, config: TrainConfig
-                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def make_optimizer(
+    model: EvidenceNet, config: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     model.freeze_trunk(fine_tune_suffix=config.fine_tune)
-    head_parameters = [p for name, p in model.named_parameters()
-                       if p.requires_grad and not name.startswith(("suffix_blocks", "head_conv"))]
+    head_parameters = [
+        p
+        for name, p in model.named_parameters()
+        if p.requires_grad and not name.startswith(("suffix_blocks", "head_conv"))
+    ]
     groups = [{"params": head_parameters, "lr": config.head_lr}]
-    trunk_parameters = [p for name, p in model.named_parameters()
-                        if p.requires_grad and name.startswith(("suffix_blocks", "head_conv"))]
+    trunk_parameters = [
+        p
+        for name, p in model.named_parameters()
+        if p.requires_grad and name.startswith(("suffix_blocks", "head_conv"))
+    ]
     if trunk_parameters:
         groups.append({"params": trunk_parameters, "lr": config.trunk_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
@@ -261,14 +305,16 @@ def checkpoint_path(config: TrainConfig) -> Path:
 def load_model(path: Path) -> tuple[EvidenceNet, TrainConfig, dict[str, Any]]:
     state = torch.load(path, map_location="cpu", weights_only=False)
     config = TrainConfig.from_dict(state["config"])
-    model = EvidenceNet(embedding_dim=config.embedding_dim, split_block=config.split_block,
-                        pretrained=False)
+    model = EvidenceNet(
+        embedding_dim=config.embedding_dim, split_block=config.split_block, pretrained=False
+    )
     model.load_state_dict(state["model"])
     return model.eval(), config, state
 
 
-def data_caches(config: TrainConfig, model: EvidenceNet, splits: Splits, split: str
-                ) -> tuple[PrefixCache, list[Sample]]:
+def data_caches(
+    config: TrainConfig, model: EvidenceNet, splits: Splits, split: str
+) -> tuple[PrefixCache, list[Sample]]:
     """The prefix cache of a split ('train' or a held-out one), built once per content."""
     if split == "train":
         samples, _ = training_samples(config, splits)
@@ -282,20 +328,25 @@ def data_caches(config: TrainConfig, model: EvidenceNet, splits: Splits, split: 
 # Fields that may change between a checkpoint and its resumption: where things are, how long
 # to go on, how often to save. Anything else would silently mix two recipes in one model.
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "checkpoint_every", "threads", "eval_limit", "run_dir", "models_dir", "data_root"})
+    {"steps", "checkpoint_every", "threads", "eval_limit", "run_dir", "models_dir", "data_root"}
+)
 
 
 def recipe_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
-    return [name for name, value in saved.to_dict().items()
-            if name not in RESUMABLE_CHANGES and current.to_dict()[name] != value]
+    return [
+        name
+        for name, value in saved.to_dict().items()
+        if name not in RESUMABLE_CHANGES and current.to_dict()[name] != value
+    ]
 
 
 def main(config: TrainConfig, resume: bool = True) -> Path:
     """Train one model (the fine-tuned one, or the frozen-trunk baseline) to `config.steps`."""
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    splits = make_splits(Path(config.data_root), config.val_fraction, config.test_fraction,
-                         config.seed)
+    splits = make_splits(
+        Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
+    )
     model = EvidenceNet(embedding_dim=config.embedding_dim, split_block=config.split_block)
     train_cache, _ = data_caches(config, model, splits, "train")
     val_cache, val_samples = data_caches(config, model, splits, "val")
@@ -310,8 +361,10 @@ def main(config: TrainConfig, resume: bool = True) -> Path:
     if resume and path.exists():
         state = torch.load(path, map_location="cpu", weights_only=False)
         if recipe_differences(TrainConfig.from_dict(state["config"]), config):
-            raise SystemExit(f"{path} was trained with another config; resume it with that "
-                             "config, or use --no-resume or another --run-dir")
+            raise SystemExit(
+                f"{path} was trained with another config; resume it with that "
+                "config, or use --no-resume or another --run-dir"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -322,18 +375,27 @@ def main(config: TrainConfig, resume: bool = True) -> Path:
     while step < config.steps:
         started = time.perf_counter()
         last = min(config.steps, step + config.checkpoint_every)
-        losses = train_one_epoch(model, optimizer, scheduler, train_cache, sampler, coarse_class,
-                                 rng, config, step, last)
+        losses = train_one_epoch(
+            model, optimizer, scheduler, train_cache, sampler, coarse_class, rng, config, step, last
+        )
         step = last
         figures = evaluate(model, val_cache, val_samples, splits)
         elapsed += time.perf_counter() - started
         history.append({"step": step, **losses, **{f"val_{k}": v for k, v in figures.items()}})
         print(json.dumps(history[-1]))
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({
-            "config": config.to_dict(), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
-            "history": history, "train_seconds": elapsed,
-        }, path)
+        torch.save(
+            {
+                "config": config.to_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "history": history,
+                "train_seconds": elapsed,
+            },
+            path,
+        )
     return path
