@@ -244,7 +244,7 @@ def train_one_epoch(
             ("match", match_loss),
         ):
             totals[name] += value.item()
-        progress.set_postfix(loss=f"{float(loss):.3f}", match=f"{float(match_loss):.3f}")
+        progress.set_postfix(loss=f"{loss.item():.3f}", match=f"{match_loss.item():.3f}")
     return {name: value / max(1, last_step - first_step) for name, value in totals.items()}
 
 
