@@ -1,13 +1,13 @@
 """API benchmark: buyer photo check and evidence upload with a 4000x3000 JPEG, over real HTTP.
 
-    python bench/bench_api.py                      # full run (about 10 minutes on 2 cores)
+    python bench/bench_api.py                      # full run (about 5 minutes on 2 cores)
     python bench/bench_api.py --quick              # a smoke run while developing
 
 What it does, all on 127.0.0.1 with a bounded number of requests:
 1. writes a 4000x3000 phone-sized JPEG (synthesised; nothing downloaded);
-2. starts uvicorn twice, each with a fresh temporary data dir: once with the app as shipped
-   ("optimised": DCT-scaled JPEG decode, micro-batched model runs) and once with `naive_app`
-   below (full 12 MP decode, one model run per photo), and for each:
+2. starts two uvicorn servers side by side, each with a fresh temporary data dir: the app as
+   shipped ("optimised": DCT-scaled JPEG decode, micro-batched model runs) and `naive_app` below
+   (full 12 MP decode, one model run per photo); then, level by level and one server at a time:
    - POST /v1/evidence/check and POST /v1/claims/{id}/evidence (one photo per request, one claim
      per request so each upload is scored as new evidence) at concurrency 1, 8 and 32:
      p50 / p99 latency, photos per second, the server's peak RSS (VmHWM);
@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -304,98 +305,138 @@ def requests_for(concurrency: int, quick: bool) -> int:
     return {1: 60, 8: 160, 32: 192}.get(concurrency, 8 * concurrency)
 
 
-async def bench_server(
-    name: str, server: Server, photo: bytes, *, quick: bool, soak: int, soak_every: int
-) -> ServerRun:
+@dataclass
+class Target:
+    """A started server, its HTTP client and the listing its requests refer to."""
+
+    run: ServerRun
+    server: Server
+    client: httpx.AsyncClient
+    buyer_headers: dict[str, str]
+    listing_id: str
+
+
+async def prepare(name: str, server: Server, client: httpx.AsyncClient) -> Target:
     admin, buyer = server.create_key("admin"), server.create_key("buyer")
     server.start()
-    run = ServerRun(name)
+    admin_headers = {"Authorization": f"Bearer {admin}"}
+    listing = await client.post(
+        "/v1/listings", json={"title": "Bench kettle"}, headers=admin_headers
+    )
+    listing.raise_for_status()
+    listing_id = listing.json()["listing_id"]
+    images = await client.post(
+        f"/v1/listings/{listing_id}/images",
+        files=[("files", ("listing.jpg", listing_jpeg(), "image/jpeg"))],
+        headers=admin_headers,
+    )
+    images.raise_for_status()
+    return Target(ServerRun(name), server, client, {"Authorization": f"Bearer {buyer}"}, listing_id)
+
+
+def checker(target: Target, photo: bytes) -> Callable[[int], Awaitable[httpx.Response]]:
+    async def check(index: int) -> httpx.Response:
+        return await target.client.post(
+            "/v1/evidence/check",
+            files={"file": ("photo.jpg", photo, "image/jpeg")},
+            data={"listing_id": target.listing_id},
+            headers=target.buyer_headers,
+        )
+
+    return check
+
+
+async def uploader(
+    target: Target, photo: bytes, *, total: int, tag: str
+) -> Callable[[int], Awaitable[httpx.Response]]:
+    """One new claim per upload, created here (untimed); each upload a distinct file."""
+    claim_ids = []
+    for index in range(total):
+        created = await target.client.post(
+            "/v1/claims",
+            json={
+                "listing_id": target.listing_id,
+                "order_ref": f"bench-{tag}-{index}",
+                "reason": "damaged",
+                "resolution": "full_refund",
+            },
+            headers={**target.buyer_headers, "Idempotency-Key": f"bench-{tag}-{index}"},
+        )
+        created.raise_for_status()
+        claim_ids.append(created.json()["claim_id"])
+    # Same pixels, distinct bytes: nothing is answered from the content-addressed store.
+    uploads = [with_comment(photo, f"bench {tag} {index}") for index in range(total)]
+
+    async def upload(index: int) -> httpx.Response:
+        return await target.client.post(
+            f"/v1/claims/{claim_ids[index]}/evidence",
+            files=[("files", ("evidence.jpg", uploads[index], "image/jpeg"))],
+            headers=target.buyer_headers,
+        )
+
+    return upload
+
+
+async def measure(
+    target: Target,
+    endpoint: str,
+    request: Callable[[int], Awaitable[httpx.Response]],
+    *,
+    total: int,
+    concurrency: int,
+) -> None:
+    latencies, wall, errors = await run_load(request, total=total, concurrency=concurrency)
+    peak = rss_mb(target.server.pid, "VmHWM")
+    target.run.measurements.append(
+        Measurement(endpoint, concurrency, latencies, wall, errors, peak)
+    )
+    print(f"  {target.run.name} {endpoint} c={concurrency}: {total} requests in {wall:.1f} s")
+
+
+async def soak_run(target: Target, photo: bytes, *, total: int, every: int) -> None:
+    pid = target.server.pid
+    target.run.soak_rss_mb.append((0, rss_mb(pid)))
+
+    def sample(done: int) -> None:
+        if done % every == 0:
+            target.run.soak_rss_mb.append((done, rss_mb(pid)))
+
+    check = checker(target, photo)
+    _, wall, errors = await run_load(check, total=total, concurrency=8, on_done=sample)
+    print(f"  {target.run.name} soak: {total} checks in {wall:.0f} s, {errors} errors")
+
+
+async def bench(
+    servers: list[tuple[str, Server]], photo: bytes, *, quick: bool, soak: int, soak_every: int
+) -> list[ServerRun]:
+    """Both servers run side by side and are measured in turn, level by level, so that load
+    from other processes, which drifts over minutes on a shared machine, hits both alike; the one
+    not being measured sits idle."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    timeout = httpx.Timeout(120.0)
-    async with httpx.AsyncClient(
-        base_url=server.base_url, limits=limits, timeout=timeout
-    ) as client:
-        admin_headers = {"Authorization": f"Bearer {admin}"}
-        buyer_headers = {"Authorization": f"Bearer {buyer}"}
-        listing = await client.post(
-            "/v1/listings", json={"title": "Bench kettle"}, headers=admin_headers
-        )
-        listing.raise_for_status()
-        listing_id = listing.json()["listing_id"]
-        images = await client.post(
-            f"/v1/listings/{listing_id}/images",
-            files=[("files", ("listing.jpg", listing_jpeg(), "image/jpeg"))],
-            headers=admin_headers,
-        )
-        images.raise_for_status()
-
-        async def check(index: int) -> httpx.Response:
-            return await client.post(
-                "/v1/evidence/check",
-                files={"file": ("photo.jpg", photo, "image/jpeg")},
-                data={"listing_id": listing_id},
-                headers=buyer_headers,
+    targets = []
+    async with AsyncExitStack() as stack:
+        for name, server in servers:
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=120.0)
             )
-
-        # Warm-up: first requests pay for lazy imports and the model's first run.
-        for index in range(3):
-            (await check(index)).raise_for_status()
-
+            targets.append(await prepare(name, server, client))
+        for target in targets:  # first requests pay for lazy imports and the first model run
+            for index in range(3):
+                (await checker(target, photo)(index)).raise_for_status()
         for concurrency in CONCURRENCIES:
-            total = requests_for(concurrency, quick)
-            latencies, wall, errors = await run_load(check, total=total, concurrency=concurrency)
-            run.measurements.append(
-                Measurement(
-                    "check", concurrency, latencies, wall, errors, rss_mb(server.pid, "VmHWM")
+            for target in targets:
+                total = requests_for(concurrency, quick)
+                await measure(
+                    target, "check", checker(target, photo), total=total, concurrency=concurrency
                 )
-            )
-            print(f"  {name} check c={concurrency}: {total} requests in {wall:.1f} s")
-
         for concurrency in CONCURRENCIES:
-            total = requests_for(concurrency, quick)
-            claim_ids = []
-            for index in range(total):
-                created = await client.post(
-                    "/v1/claims",
-                    json={
-                        "listing_id": listing_id,
-                        "order_ref": f"bench-{concurrency}-{index}",
-                        "reason": "damaged",
-                        "resolution": "full_refund",
-                    },
-                    headers={**buyer_headers, "Idempotency-Key": f"bench-{concurrency}-{index}"},
-                )
-                created.raise_for_status()
-                claim_ids.append(created.json()["claim_id"])
-            # Each upload is a distinct file (photo id), so nothing is answered from a cache.
-            uploads = [with_comment(photo, f"bench {concurrency} {i}") for i in range(total)]
-
-            async def upload(index: int, claim_ids: list[str] = claim_ids, uploads=uploads):
-                return await client.post(
-                    f"/v1/claims/{claim_ids[index]}/evidence",
-                    files=[("files", ("evidence.jpg", uploads[index], "image/jpeg"))],
-                    headers=buyer_headers,
-                )
-
-            latencies, wall, errors = await run_load(upload, total=total, concurrency=concurrency)
-            run.measurements.append(
-                Measurement(
-                    "upload", concurrency, latencies, wall, errors, rss_mb(server.pid, "VmHWM")
-                )
-            )
-            print(f"  {name} upload c={concurrency}: {total} requests in {wall:.1f} s")
-
+            for target in targets:
+                total = requests_for(concurrency, quick)
+                upload = await uploader(target, photo, total=total, tag=str(concurrency))
+                await measure(target, "upload", upload, total=total, concurrency=concurrency)
         if soak:
-            run.soak_rss_mb.append((0, rss_mb(server.pid)))
-
-            def sample(done: int) -> None:
-                if done % soak_every == 0:
-                    run.soak_rss_mb.append((done, rss_mb(server.pid)))
-
-            _, wall, errors = await run_load(check, total=soak, concurrency=8, on_done=sample)
-            print(f"  {name} soak: {soak} checks in {wall:.0f} s, {errors} errors")
-    server.stop()
-    return run
+            await soak_run(targets[0], photo, total=soak, every=soak_every)
+    return [target.run for target in targets]
 
 
 # --- report -------------------------------------------------------------------------------
@@ -494,29 +535,21 @@ def main() -> int:
     print(f"photo: {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG, {len(photo) / 1e6:.1f} MB")
     # The machine may be shared: the load before and after says how far to trust the figures.
     print(f"cpus: {os.cpu_count()}, load average before: {load_average()}")
-    runs: list[ServerRun] = []
-    configurations = [("optimised", OPTIMISED_APP, soak)]
+    configurations = [("optimised", OPTIMISED_APP)]
     if not args.no_naive:
-        configurations.append(("naive", NAIVE_APP, 0))
-    for name, app, soak_count in configurations:
-        data_dir = Path(tempfile.mkdtemp(prefix=f"bench-api-{name}-"))
-        server = Server(data_dir, app)
-        try:
-            runs.append(
-                asyncio.run(
-                    bench_server(
-                        name,
-                        server,
-                        photo,
-                        quick=args.quick,
-                        soak=soak_count,
-                        soak_every=soak_every,
-                    )
-                )
-            )
-        finally:
+        configurations.append(("naive", NAIVE_APP))
+    servers = [
+        (name, Server(Path(tempfile.mkdtemp(prefix=f"bench-api-{name}-")), app))
+        for name, app in configurations
+    ]
+    try:
+        runs = asyncio.run(
+            bench(servers, photo, quick=args.quick, soak=soak, soak_every=soak_every)
+        )
+    finally:
+        for _, server in servers:
             server.stop()
-            shutil.rmtree(data_dir, ignore_errors=True)
+            shutil.rmtree(server.data_dir, ignore_errors=True)
 
     print(f"load average after: {load_average()}")
     print()
