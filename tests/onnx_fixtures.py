@@ -56,7 +56,14 @@ TINY_CARD = {
         "mismatch_low": 0.3,
         "listing_reuse_similarity": 0.97,
     },
-    "metrics": {},
+    # Shaped as the trained card's: numeric headline metrics beside a targets table and notes.
+    "metrics": {
+        "damage_auroc": 0.9,
+        "mismatch_ece": 0.04,
+        "targets": {"damage_auroc": {"target": ">= 0.95", "value": 0.9, "met": False}},
+        "split": "test fixture: no test split",
+    },
+    "baselines": {"damage_auroc": 0.7, "what": "test fixture: no baseline model"},
     "limitations": ["test fixture: not a trained model"],
 }
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from api_server import TEST_LIMITS, ApiServer, run_api_server
 from conftest import encode, textured_image
+from onnx_fixtures import TINY_CARD, TINY_MODEL_VERSION
 from PIL import Image, ImageDraw, ImageFilter
 
 PROBLEM = "application/problem+json"
@@ -136,11 +137,52 @@ def test_openapi_documents_the_surface_with_examples(api_server: ApiServer) -> N
         "/v1/claims/{claim_id}/audit",
         "/v1/photos/{photo_id}",
         "/v1/photos/{photo_id}/heatmap.png",
+        "/v1/model",
     ):
         assert path in spec["paths"], path
     assert spec["components"]["schemas"]["ClaimCreate"]["examples"][0]["reason"] == "damaged"
+    assert spec["components"]["schemas"]["ModelPublic"]["examples"][0]["thresholds"]
     evidence = spec["paths"]["/v1/claims/{claim_id}/evidence"]["post"]
     assert "multipart/form-data" in evidence["requestBody"]["content"]
+
+
+@pytest.mark.parametrize("role", ["buyer", "reviewer", "admin"])
+def test_model_card_is_readable_with_any_key(api_server: ApiServer, role: str) -> None:
+    with api_server.client(api_server.keys[role]) as client:
+        response = client.get("/v1/model")
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "name": TINY_CARD["name"],
+        "version": TINY_CARD["version"],
+        "model_version": TINY_MODEL_VERSION,
+        "input_size": TINY_CARD["input"]["size"],
+        "thresholds": TINY_CARD["thresholds"],
+        # Only the numeric top-level entries: the targets table and the notes are not metrics.
+        "metrics": [
+            {
+                "name": "damage_auroc",
+                "value": 0.9,
+                "baseline": 0.7,
+                "target": ">= 0.95",
+                "target_met": False,
+            },
+            {
+                "name": "mismatch_ece",
+                "value": 0.04,
+                "baseline": None,
+                "target": None,
+                "target_met": None,
+            },
+        ],
+        "limitations": TINY_CARD["limitations"],
+    }
+
+
+def test_model_card_needs_a_key(api_server: ApiServer) -> None:
+    with api_server.client() as anyone:
+        response = anyone.get("/v1/model")
+    assert_problem(response, 401, "missing_api_key")
+    assert response.headers["www-authenticate"].startswith("Bearer")
 
 
 def test_request_id_is_echoed_or_generated(api_server: ApiServer) -> None:

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from api_server import TEST_LIMITS, ApiServer, run_api_server
 from conftest import encode, textured_image
-from PIL import Image
+from onnx_fixtures import TINY_CARD, write_tiny_model
+from PIL import Image, ImageDraw
 
 from service.auth import Role
 from service.config import Settings
@@ -337,6 +338,8 @@ def test_narrow_screen_has_no_sideways_scrolling(
     page.locator("#queue-list .queue-item").first.wait_for()
     page.keyboard.press("j")
     page.locator("#detail-body .decide, #detail-body .decided").first.wait_for()
+    page.get_by_text("About the scores").click()  # the model card's limitations, opened
+    page.locator("#detail-body .about-scores .limitations").wait_for()
     page.screenshot(path=str(screenshots / "reviewer-page-390.png"), full_page=True)
     overflow = page.evaluate(
         "document.documentElement.scrollWidth - document.documentElement.clientWidth"
@@ -385,6 +388,97 @@ def test_filters_and_paging_follow_the_api(
         arg=len(wanted),
     )
     assert rendered_queue(page) == wanted
+
+
+# Damage bands unlike the page's fixed 0.3 / 0.8: the tiny model scores a pure red patch between
+# 0.9 and its ceiling sigmoid(6.68 / 1.5) = 0.9886, "high" for the fixed bands, "mid" for these.
+BANDED_THRESHOLDS = {**TINY_CARD["thresholds"], "damage_low": 0.9, "damage_high": 0.99}
+BANDED_LIMITATIONS = [
+    "Learned from red patches only: any other damage goes unseen.",
+    "Listing matches compare colours, not shapes.",
+]
+
+
+def test_score_bands_and_the_disclosure_follow_the_model_card(
+    browser: Any, tmp_path: Path, screenshots: Path
+) -> None:
+    model_dir = write_tiny_model(
+        tmp_path / "banded-model",
+        card_overrides={"thresholds": BANDED_THRESHOLDS, "limitations": BANDED_LIMITATIONS},
+    )
+    data_dir = tmp_path / "data"
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'triage.sqlite3'}",
+        model_dir=model_dir,
+        limits=TEST_LIMITS,
+    )
+    photo = textured_image(seed=7)
+    ImageDraw.Draw(photo).rectangle((200, 140, 440, 380), fill=(255, 0, 0))
+    with run_api_server(settings) as banded:
+        admin, buyer, reviewer = (
+            banded.create_key(role, role.value) for role in (Role.admin, Role.buyer, Role.reviewer)
+        )
+        with banded.client(admin) as as_admin, banded.client(buyer) as as_buyer:
+            listing = _created(as_admin.post("/v1/listings", json={"title": "Red mug"}))
+            claim = _created(
+                as_buyer.post(
+                    "/v1/claims",
+                    json={
+                        "listing_id": listing["listing_id"],
+                        "order_ref": "ORD-BANDS",
+                        "reason": "damaged",
+                        "resolution": "full_refund",
+                    },
+                    headers={"Idempotency-Key": "web-bands"},
+                )
+            )
+            evidence = _created(
+                as_buyer.post(
+                    f"/v1/claims/{claim['claim_id']}/evidence",
+                    files=[("files", ("red.jpg", encode(photo, quality=92), "image/jpeg"))],
+                )
+            )
+        damage = evidence["data"][0]["damage"]
+        assert BANDED_THRESHOLDS["damage_low"] < damage < BANDED_THRESHOLDS["damage_high"]
+
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            page = context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.goto(f"{banded.base_url}/")
+            sign_in(page, reviewer)
+            page.locator("#queue-list .queue-item").first.wait_for()
+            page.keyboard.press("j")
+            damage_value = page.locator("#detail-body .score", has_text="Damage").locator(
+                ".score-value"
+            )
+            assert damage_value.inner_text() == f"{damage:.2f}"
+            assert "band-mid" in damage_value.get_attribute("class")
+
+            about = page.locator("#detail-body details.about-scores")
+            assert about.get_attribute("open") is None  # unobtrusive: closed until asked for
+            about.get_by_text("About the scores").click()
+            assert "tiny-test-0.0.1" in about.inner_text()
+            assert about.locator(".limitations li").all_inner_texts() == BANDED_LIMITATIONS
+            page.screenshot(path=str(screenshots / "reviewer-page-about-scores.png"))
+
+            # Without the card the page keeps its fixed bands and says nothing about the model.
+            fallback = context.new_page()
+            fallback.set_default_timeout(WAIT_MS)
+            fallback.route("**/v1/model", lambda route: route.abort())
+            fallback.goto(f"{banded.base_url}/")
+            sign_in(fallback, reviewer)
+            fallback.locator("#queue-list .queue-item").first.wait_for()
+            fallback.keyboard.press("j")
+            fallback_value = fallback.locator("#detail-body .score", has_text="Damage").locator(
+                ".score-value"
+            )
+            assert fallback_value.inner_text() == f"{damage:.2f}"
+            assert "band-high" in fallback_value.get_attribute("class")
+            assert fallback.locator("#detail-body details.about-scores").count() == 0
+        finally:
+            context.close()
 
 
 NOW = "2026-03-10T12:00:00Z"

@@ -17,7 +17,7 @@ import service
 from service.api.logs import RequestIdMiddleware, configure_logging
 from service.api.metrics import MetricsMiddleware
 from service.api.problems import install_problem_handlers
-from service.api.routes import claims, evidence, health, listings, photos, queue
+from service.api.routes import claims, evidence, health, listings, model, photos, queue
 from service.api.runtime import Runtime
 from service.config import Settings
 
@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    for module in (health, listings, claims, evidence, queue, photos):
+    for module in (health, model, listings, claims, evidence, queue, photos):
         app.include_router(module.router)
     if WEB_DIR.is_dir():
         # The reviewer page (built separately); html=True serves index.html at /review/.

@@ -27,7 +27,7 @@ from service.db.crud import utcnow
 from service.db.migrate import upgrade_to_head
 from service.db.session import database_reachable, make_engine, make_session_factory, transaction
 from service.duplicates import DuplicateIndex, evidence_ref, parse_hashes
-from service.engine import ScoringEngine
+from service.engine import ModelCard, ScoringEngine
 from service.intake import Photo, open_photo
 from service.policy import PolicyConfig
 from service.store import PhotoStore
@@ -130,6 +130,10 @@ class Runtime:
         buffer = io.BytesIO()
         overlay.save(buffer, format="PNG", optimize=True)
         return buffer.getvalue()
+
+    @property
+    def model_card(self) -> ModelCard:
+        return self.batcher.card
 
     @property
     def model_version(self) -> str:

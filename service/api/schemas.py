@@ -298,6 +298,69 @@ class AuditTrailPublic(BaseModel):
     count: int
 
 
+class ModelThresholdsPublic(BaseModel):
+    damage_high: float = Field(description="Damage at or above this is likely.")
+    damage_low: float = Field(description="Damage at or below this is unlikely.")
+    mismatch_high: float = Field(description="Mismatch at or above this: likely not the item.")
+    mismatch_low: float = Field(description="Mismatch at or below this: likely the listed item.")
+    listing_reuse_similarity: float = Field(
+        description="Cosine similarity to a listing image from which a photo counts as a copy."
+    )
+
+
+class ModelMetricPublic(BaseModel):
+    name: str
+    value: float = Field(description="Measured on the card's held-out test split.")
+    baseline: float | None = Field(description="The same metric for the card's baseline model.")
+    target: str | None = Field(description='The goal the metric was held to, e.g. ">= 0.95".')
+    target_met: bool | None
+
+
+class ModelPublic(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "evidence-lite0",
+                    "version": "1.0.0",
+                    "model_version": "evidence-lite0-1.0.0",
+                    "input_size": 224,
+                    "thresholds": {
+                        "damage_high": 0.91,
+                        "damage_low": 0.23,
+                        "mismatch_high": 0.73,
+                        "mismatch_low": 0.06,
+                        "listing_reuse_similarity": 0.9163,
+                    },
+                    "metrics": [
+                        {
+                            "name": "damage_auroc_real_packages",
+                            "value": 0.7501,
+                            "baseline": 0.7346,
+                            "target": ">= 0.85",
+                            "target_met": False,
+                        }
+                    ],
+                    "limitations": [
+                        "Photos are letterboxed to 224x224: damage smaller than a few pixels at "
+                        "that size may be missed; ask for a close-up."
+                    ],
+                }
+            ]
+        }
+    )
+
+    name: str
+    version: str
+    model_version: str = Field(description="As in each assessment's `model_version`.")
+    input_size: int = Field(description="Photos are letterboxed to this many pixels square.")
+    thresholds: ModelThresholdsPublic
+    metrics: list[ModelMetricPublic] = Field(
+        description="The card's headline test metrics; empty when it has none."
+    )
+    limitations: list[str] = Field(description="What the scores cannot be relied on for.")
+
+
 class Problem(BaseModel):
     """RFC 9457 problem document; every 4xx and 5xx answer has this shape."""
 

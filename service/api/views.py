@@ -1,12 +1,14 @@
-"""Database rows -> response schemas. Pure functions: no queries here."""
+"""Database rows and the model card -> response schemas. Pure functions: no queries here."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from service.api import schemas
 from service.api.triage import deadline_of
 from service.db.models import AuditEvent, Claim, ClaimPhoto, Listing, ListingImage, Photo, Review
+from service.engine import ModelCard
 from service.policy import PolicyConfig
 
 
@@ -113,4 +115,55 @@ def audit_public(event: AuditEvent) -> schemas.AuditEventPublic:
         action=event.action,
         detail=event.detail,
         created_at=event.created_at,
+    )
+
+
+def _table(value: object) -> dict[str, Any]:
+    """A card section as a dict; anything else (absent, a list, a note) as an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: object) -> float | None:
+    """A card entry as a metric value when it is a plain number (not a flag, a note or a table)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def model_metrics_public(card_extra: dict[str, Any]) -> list[schemas.ModelMetricPublic]:
+    """The numeric top-level entries of the card's `metrics`, each with its `baselines` entry and
+    its `metrics.targets` goal where the card has them."""
+    metrics = _table(card_extra.get("metrics"))
+    baselines = _table(card_extra.get("baselines"))
+    targets = _table(metrics.get("targets"))
+    headline = []
+    for name, value in metrics.items():
+        measured = _number(value)
+        if measured is None:
+            continue
+        target = _table(targets.get(name))
+        met = target.get("met")
+        headline.append(
+            schemas.ModelMetricPublic(
+                name=name,
+                value=measured,
+                baseline=_number(baselines.get(name)),
+                target=str(target["target"]) if "target" in target else None,
+                target_met=met if isinstance(met, bool) else None,
+            )
+        )
+    return headline
+
+
+def model_public(card: ModelCard) -> schemas.ModelPublic:
+    extra = card.model_extra or {}
+    limitations = extra.get("limitations")
+    return schemas.ModelPublic(
+        name=card.name,
+        version=card.version,
+        model_version=card.model_version,
+        input_size=card.input.size,
+        thresholds=schemas.ModelThresholdsPublic.model_validate(card.thresholds.model_dump()),
+        metrics=model_metrics_public(extra),
+        limitations=[str(item) for item in limitations] if isinstance(limitations, list) else [],
     )

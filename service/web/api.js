@@ -95,6 +95,10 @@ export function createClient({ getKey, onUnauthorized }) {
     listing(listingId, signal) {
       return getJson(`/v1/listings/${encodeURIComponent(listingId)}`, { signal });
     },
+    /** The loaded model's card: version, score thresholds, test metrics, limitations. */
+    model() {
+      return getJson("/v1/model");
+    },
     audit(claimId, signal) {
       return getJson(`/v1/claims/${encodeURIComponent(claimId)}/audit`, { signal });
     },

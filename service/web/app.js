@@ -34,6 +34,10 @@ const state = {
   deciding: false,
   detailAbort: null,
   queueAbort: null,
+  // GET /v1/model, asked once per sign-in: a promise of the card, or of null when the call
+  // failed (the scores then keep the fixed 0.3 / 0.8 bands and the page says nothing more).
+  modelCard: null,
+  aboutScoresOpen: false,
 };
 
 const api = createClient({
@@ -143,6 +147,7 @@ function loadInto(img, path) {
 
 function forgetKey() {
   state.key = null;
+  state.modelCard = null;
   sessionStorage.removeItem(KEY_STORAGE);
   revokeImages();
   showSignIn();
@@ -160,6 +165,17 @@ function showWorkspace() {
   $("sign-in").hidden = true;
   $("workspace").hidden = false;
   $("sign-out").hidden = false;
+}
+
+function loadModelCard() {
+  state.modelCard = api.model().catch(() => null);
+}
+
+async function openWorkspace() {
+  showWorkspace();
+  await loadQueue();
+  // Asked only once the queue has accepted the key, so that a refused key is reported once.
+  if (state.key) loadModelCard();
 }
 
 // --- queue --------------------------------------------------------------------------------
@@ -305,7 +321,7 @@ async function loadDetail(claimId, listingId) {
   try {
     // The listing is fetched alongside, not after: the queue row already names it. A listing
     // that fails to load must not hide the evidence, so its failure is shown in its own panel.
-    const [claim, audit, listing] = await Promise.all([
+    const [claim, audit, listing, modelCard] = await Promise.all([
       api.claim(claimId, abort.signal),
       api.audit(claimId, abort.signal),
       api.listing(listingId, abort.signal).then(
@@ -315,9 +331,10 @@ async function loadDetail(claimId, listingId) {
           return { error };
         },
       ),
+      state.modelCard,
     ]);
     state.claim = claim;
-    renderDetail(claim, audit, listing);
+    renderDetail(claim, audit, listing, modelCard);
     prefetchNeighbour();
   } catch (error) {
     reportError(error, `open claim ${shortId(claimId)}`);
@@ -333,8 +350,10 @@ function prefetchNeighbour() {
   for (const photo of next?.photos ?? []) imageUrl(photo.url).catch(() => {});
 }
 
-function scoreRow(name, probability, detail) {
-  const level = band(probability);
+/** @param {{ low: number, high: number } | undefined} bands the card's thresholds for this
+ * score; undefined when the card could not be read */
+function scoreRow(name, probability, bands, detail) {
+  const level = band(probability, bands?.low, bands?.high);
   return el(
     "div",
     { class: "score" },
@@ -368,7 +387,7 @@ function issueList(issues) {
   );
 }
 
-function photoCard(photo, position, claim) {
+function photoCard(photo, position, claim, thresholds) {
   const image = el("img", {
     class: "photo",
     alt: `Evidence photo ${position} of claim ${shortId(claim.claim_id)}`,
@@ -407,10 +426,57 @@ function photoCard(photo, position, claim) {
       "figcaption",
       {},
       el("span", { class: "photo-title" }, `Photo ${position}`),
-      scoreRow("Damage", photo.damage),
-      scoreRow("Mismatch", photo.mismatch, mismatchDetail),
+      scoreRow(
+        "Damage",
+        photo.damage,
+        thresholds && { low: thresholds.damage_low, high: thresholds.damage_high },
+      ),
+      scoreRow(
+        "Mismatch",
+        photo.mismatch,
+        thresholds && { low: thresholds.mismatch_low, high: thresholds.mismatch_high },
+        mismatchDetail,
+      ),
       issueList(photo.issues),
     ),
+  );
+}
+
+/** What the scores mean and cannot do, from the model card; closed unless the reviewer opened
+ * it (the choice is kept from claim to claim). Nothing when the card could not be read. */
+function aboutScores(modelCard) {
+  if (!modelCard) return null;
+  const { thresholds, limitations = [] } = modelCard;
+  const reading = (name, high, low) =>
+    `${name} is likely from ${score(high)} and unlikely up to ${score(low)}`;
+  return el(
+    "details",
+    {
+      class: "about-scores",
+      open: state.aboutScoresOpen,
+      ontoggle: (event) => {
+        state.aboutScoresOpen = event.currentTarget.open;
+      },
+    },
+    el("summary", {}, "About the scores"),
+    el(
+      "p",
+      {},
+      `Model ${modelCard.model_version}. ` +
+        `${reading("Damage", thresholds.damage_high, thresholds.damage_low)}; ` +
+        `${reading("mismatch", thresholds.mismatch_high, thresholds.mismatch_low)}. ` +
+        "Scores in between are uncertain: look at the photos.",
+    ),
+    limitations.length
+      ? [
+          el("p", { id: "limitations-title" }, "What the scores cannot do:"),
+          el(
+            "ul",
+            { class: "limitations", "aria-labelledby": "limitations-title" },
+            limitations.map((limitation) => el("li", {}, limitation)),
+          ),
+        ]
+      : null,
   );
 }
 
@@ -570,7 +636,7 @@ function listingPanel(claim, listing) {
   );
 }
 
-function renderDetail(claim, audit, listing) {
+function renderDetail(claim, audit, listing, modelCard) {
   const triage = claim.triage ?? {};
   const photos = claim.photos ?? [];
   const priority = Math.round(triage.priority ?? 0);
@@ -663,9 +729,12 @@ function renderDetail(claim, audit, listing) {
           ? el(
               "div",
               { class: "photos" },
-              photos.map((photo, index) => photoCard(photo, index + 1, claim)),
+              photos.map((photo, index) =>
+                photoCard(photo, index + 1, claim, modelCard?.thresholds),
+              ),
             )
           : el("p", { class: "muted" }, "No photos uploaded yet."),
+        aboutScores(modelCard),
       ),
       listingPanel(claim, listing),
     ),
@@ -800,8 +869,7 @@ function start() {
     if (!key) return;
     state.key = key;
     sessionStorage.setItem(KEY_STORAGE, key);
-    showWorkspace();
-    loadQueue();
+    openWorkspace();
   });
   $("sign-out").addEventListener("click", forgetKey);
   $("alert-close").addEventListener("click", clearError);
@@ -814,8 +882,7 @@ function start() {
   });
   document.addEventListener("keydown", onKey);
   if (state.key) {
-    showWorkspace();
-    loadQueue();
+    openWorkspace();
   } else {
     showSignIn();
   }

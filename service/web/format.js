@@ -44,7 +44,8 @@ export function score(probability) {
   return typeof probability === "number" ? probability.toFixed(2) : "—";
 }
 
-/** Which band a probability falls in, given the model card's low/high thresholds. */
+/** Which band a probability falls in, given the model card's low/high thresholds (GET /v1/model);
+ * 0.3 / 0.8 stand in when the card could not be read. */
 export function band(probability, low = 0.3, high = 0.8) {
   if (typeof probability !== "number") return "none";
   if (probability >= high) return "high";
