@@ -11,7 +11,7 @@ from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.cli.check import EXIT_BAD_INPUT, EXIT_BAD_PHOTO
+from service.cli.inputs import EXIT_BAD_INPUT, EXIT_BAD_PHOTO
 
 runner = CliRunner()
 

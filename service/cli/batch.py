@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-EXIT_BAD_INPUT = 2
+from service.cli.inputs import EXIT_BAD_INPUT
 
 
 class EngineChoice(StrEnum):

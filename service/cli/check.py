@@ -15,8 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-EXIT_BAD_PHOTO = 1
-EXIT_BAD_INPUT = 2
+from service.cli.inputs import EXIT_BAD_PHOTO, open_listing_photos
 
 _SEVERITY_STYLE = {"blocker": "bold red", "warning": "yellow"}
 
@@ -88,20 +87,8 @@ def check(
     ] = False,
 ) -> None:
     """Check photos before submitting them: size, blur, exposure, detail, listing-photo reuse."""
-    from rich.console import Console
 
-    from service.intake import PhotoRejected, open_photo
-
-    listing_photos = []
-    for path in listing or ():
-        try:
-            listing_photos.append(open_photo(path.read_bytes()))
-        except OSError as error:
-            Console(stderr=True).print(f"[red]listing image {path}:[/red] {error.strerror}")
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-        except PhotoRejected as error:
-            Console(stderr=True).print(f"[red]listing image {path}:[/red] {error.message}")
-            raise typer.Exit(EXIT_BAD_INPUT) from None
+    listing_photos = open_listing_photos(listing or ())
     results = []
     for path in photos:
         line = check_file(path, listing_photos)

@@ -14,8 +14,7 @@ from typing import Annotated
 
 import typer
 
-EXIT_BAD_PHOTO = 1
-EXIT_BAD_INPUT = 2
+from service.cli.inputs import EXIT_BAD_INPUT, EXIT_BAD_PHOTO, open_listing_photos
 
 
 def score(
@@ -42,7 +41,6 @@ def score(
 
     from service.assessment import Assessor, ScoredFile, assess_bytes
     from service.engine import DEFAULT_MODEL_DIR, ModelLoadError, ScoringEngine
-    from service.intake import PhotoRejected, open_photo
 
     errors = Console(stderr=True)
     try:
@@ -50,13 +48,7 @@ def score(
     except ModelLoadError as error:
         errors.print(f"[red]cannot load the model:[/red] {error}")
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    listing_photos = []
-    for path in listing or ():
-        try:
-            listing_photos.append(open_photo(path.read_bytes()))
-        except (OSError, PhotoRejected) as error:
-            errors.print(f"[red]listing image {path} is unusable:[/red] {error}")
-            raise typer.Exit(EXIT_BAD_INPUT) from None
+    listing_photos = open_listing_photos(listing or ())
     assessor = Assessor(engine)
     results = []
     for path in photos:
