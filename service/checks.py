@@ -10,6 +10,8 @@ No web or database imports: this is part of the inference core.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -61,6 +63,31 @@ def reuse_detectable(quality_codes: Collection[str]) -> bool:
     return "low_detail" not in quality_codes
 
 
+LISTING_WINDOWS_CACHE_SIZE = 4096  # 12 hashes per listing image: well under 1 MiB in all
+_listing_windows: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+_listing_windows_lock = threading.Lock()
+
+
+def listing_windows(listing: Photo) -> tuple[int, ...]:
+    """`photo_windows` of a listing image, remembered by its photo id.
+
+    Every check against a listing compares with the same few images, and their 12 window hashes
+    cost about 1.8 ms per image; the id is the SHA-256 of the bytes, so the windows stored
+    under an id can never go stale.
+    """
+    with _listing_windows_lock:
+        windows = _listing_windows.get(listing.photo_id)
+        if windows is not None:
+            _listing_windows.move_to_end(listing.photo_id)
+            return windows
+    windows = photo_windows(listing.image)
+    with _listing_windows_lock:
+        _listing_windows[listing.photo_id] = windows
+        while len(_listing_windows) > LISTING_WINDOWS_CACHE_SIZE:
+            _listing_windows.popitem(last=False)
+    return windows
+
+
 def matches_listing(
     photo: Photo,
     listing_photos: Sequence[Photo],
@@ -74,7 +101,7 @@ def matches_listing(
     """
     upload_hash = perceptual_hash(photo.image) if photo_hash is None else photo_hash
     return any(
-        closest_distance(upload_hash, photo_windows(listing.image)) <= max_distance
+        closest_distance(upload_hash, listing_windows(listing)) <= max_distance
         for listing in listing_photos
     )
 

@@ -12,6 +12,7 @@ from service.checks import (
     LISTING_PHOTO_REUSE,
     check_photo,
     inspect_photo,
+    listing_windows,
     matches_listing,
 )
 from service.duplicates import DUPLICATE_MAX_DISTANCE, DuplicateIndex, photo_windows
@@ -47,6 +48,13 @@ def test_listing_photo_reused_resized_and_cropped_is_a_blocker() -> None:
     issues = check_photo(upload, listing_photos=[listing])
     assert LISTING_PHOTO_REUSE in issues
     assert LISTING_PHOTO_REUSE.severity == "blocker"
+
+
+def test_listing_windows_are_the_photos_windows_computed_once() -> None:
+    listing = jpeg_photo(textured_image(500, 400, seed=23))
+    first = listing_windows(listing)
+    assert first == photo_windows(listing.image)
+    assert listing_windows(listing) is first  # the second call is answered from the cache
 
 
 def test_own_photo_of_a_different_item_is_not_listing_reuse() -> None:
