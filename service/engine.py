@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.preprocess import InputSpec, batch_inputs
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "evidence-lite0-1.0.0"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "evidence-lite0-1.1.0"
 CARD_FILE = "model_card.json"
 OUTPUT_NAMES = ("damage_logit", "damage_map", "embedding")
 # Chosen by bench/bench_engine.py on the 2-core machine (docs/engine.md).
@@ -71,6 +71,7 @@ class DamageCalibration(BaseModel):
 
     method: Literal["temperature"]
     temperature: float = Field(gt=0)
+    bias: float = 0.0  # p = sigmoid(logit / temperature + bias); cards before 1.1.0 have none
 
 
 class MismatchCalibration(BaseModel):
@@ -140,8 +141,9 @@ class ModelCard(BaseModel):
             raise ModelLoadError(f"invalid model card {path}: {error}") from None
 
     def damage_probability(self, logits: np.ndarray) -> np.ndarray:
-        """Calibrated damage probability: sigmoid(logit / T)."""
-        return _sigmoid(np.asarray(logits, dtype=np.float64) / self.calibration.damage.temperature)
+        """Calibrated damage probability: sigmoid(logit / T + bias)."""
+        damage = self.calibration.damage
+        return _sigmoid(np.asarray(logits, dtype=np.float64) / damage.temperature + damage.bias)
 
     def mismatch_probability(self, best_similarity: float) -> float:
         """Calibrated probability that a photo is not the listed item, from its best cosine."""

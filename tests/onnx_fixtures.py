@@ -46,7 +46,7 @@ TINY_CARD = {
     },
     "embedding_dim": TINY_EMBEDDING_DIM,
     "calibration": {
-        "damage": {"method": "temperature", "temperature": 1.5},
+        "damage": {"method": "temperature", "temperature": 1.5, "bias": -0.25},
         "mismatch": {"method": "logistic", "slope": -12.0, "intercept": 6.0},
     },
     "thresholds": {

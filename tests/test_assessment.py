@@ -220,7 +220,7 @@ def test_assessment_serialises_for_people(engine: ScoringEngine):
 
 
 def test_shipped_model_assesses_a_photo(repo_root: Path):
-    model_dir = repo_root / "models" / "evidence-lite0-1.0.0"
+    model_dir = repo_root / "models" / "evidence-lite0-1.1.0"
     if not (model_dir / "model_card.json").is_file():
         pytest.skip(f"the shipped model is not in {model_dir}")
     engine = ScoringEngine.load(model_dir)

@@ -58,13 +58,14 @@ def test_loads_the_card_and_names_the_version(engine: ScoringEngine):
     assert engine.intra_op_threads == 1 and engine.allow_spinning is False
 
 
-def test_damage_is_calibrated_with_the_card_temperature(engine: ScoringEngine):
+def test_damage_is_calibrated_with_the_card_temperature_and_bias(engine: ScoringEngine):
     temperature = TINY_CARD["calibration"]["damage"]["temperature"]
+    bias = TINY_CARD["calibration"]["damage"]["bias"]
     (output,) = engine.infer([red_corner()])
     red = (1.0 - 0.485) / 0.229
     green, blue = (0.0 - 0.456) / 0.224, (0.0 - 0.406) / 0.225
     logit = RED_GAIN * (red - (green + blue) / 2) - RED_BIAS
-    assert output.damage == pytest.approx(1 / (1 + np.exp(-logit / temperature)), rel=1e-4)
+    assert output.damage == pytest.approx(1 / (1 + np.exp(-(logit / temperature + bias))), rel=1e-4)
 
 
 def test_heatmap_marks_the_damaged_cell(engine: ScoringEngine):
@@ -221,7 +222,7 @@ def shipped() -> ScoringEngine:
 
 
 def test_shipped_model_honours_the_contract(shipped: ScoringEngine):
-    assert shipped.model_version == "evidence-lite0-1.0.0"
+    assert shipped.model_version == "evidence-lite0-1.1.0"
     outputs = shipped.infer([textured_image(seed=seed) for seed in range(3)])
     for output in outputs:
         assert 0.0 <= output.damage <= 1.0

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = REPO_ROOT / "models" / "evidence-lite0-1.0.0"
+SHIPPED = REPO_ROOT / "models" / "evidence-lite0-1.1.0"
 OUTPUTS = ("damage_logit", "damage_map", "embedding")
 
 
@@ -86,7 +86,7 @@ def test_shipped_model_keeps_to_the_contract() -> None:
     card = json.loads((SHIPPED / "model_card.json").read_text())
     assert (card["name"], card["version"], card["file"]) == (
         "evidence-lite0",
-        "1.0.0",
+        "1.1.0",
         "model.onnx",
     )
     model_path = SHIPPED / card["file"]
@@ -100,6 +100,7 @@ def test_shipped_model_keeps_to_the_contract() -> None:
     assert set(card["outputs"]) == set(OUTPUTS)
     assert card["calibration"]["damage"]["method"] == "temperature"
     assert card["calibration"]["damage"]["temperature"] > 0
+    assert "bias" in card["calibration"]["damage"]
     assert card["calibration"]["mismatch"]["method"] == "logistic"
     assert {"slope", "intercept"} <= set(card["calibration"]["mismatch"])
     thresholds = card["thresholds"]

@@ -123,7 +123,7 @@ def test_metrics_on_known_cases() -> None:
         average_precision,
         expected_calibration_error,
         fit_logistic,
-        fit_temperature,
+        fit_temperature_and_bias,
         retrieval_at_k,
         sigmoid,
     )
@@ -136,9 +136,11 @@ def test_metrics_on_known_cases() -> None:
     )
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, 20000)
-    outcomes = rng.random(20000) < sigmoid(logits / 2.5)
-    assert fit_temperature(outcomes, logits) == pytest.approx(2.5, rel=0.05)
-    assert expected_calibration_error(outcomes, sigmoid(logits / 2.5)) < 0.02
+    outcomes = rng.random(20000) < sigmoid(logits / 2.5 - 0.8)
+    temperature, bias = fit_temperature_and_bias(outcomes, logits)
+    assert temperature == pytest.approx(2.5, rel=0.05) and bias == pytest.approx(-0.8, abs=0.08)
+    assert expected_calibration_error(outcomes, sigmoid(logits / 2.5 - 0.8)) < 0.02
+    assert expected_calibration_error(outcomes, sigmoid(logits / 2.5)) > 0.1  # bias left out
     similarity = rng.uniform(0, 1, 20000)
     mismatched = rng.random(20000) < sigmoid(-12 * similarity + 6)
     slope, intercept = fit_logistic(mismatched, similarity)

@@ -1,5 +1,5 @@
-"""Calibration on the validation split: temperature for damage, a logistic map from best-match
-cosine similarity to mismatch probability, and the lane thresholds."""
+"""Calibration on the validation split: temperature and bias for damage, a logistic map from
+best-match cosine similarity to mismatch probability, and the lane thresholds."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from training.data import Splits
 from training.evaluate import Calibration, Outputs, listing_pairs, mismatch_arrays
-from training.metrics import fit_logistic, fit_temperature, high_threshold, low_threshold
+from training.metrics import fit_logistic, fit_temperature_and_bias, high_threshold, low_threshold
 from training.samples import KIND_PACKAGE, KIND_PHOTO, Sample
 
 # Precision wanted above the high threshold, and the share of positives tolerated below the low
@@ -44,11 +44,11 @@ def fit_calibration(
     kinds = np.array([s.kind for s in samples])
     damage_rows = (kinds == KIND_PHOTO) | (kinds == KIND_PACKAGE)
     damage_labels, damage_logits = labels[damage_rows], outputs["damage_logit"][damage_rows]
-    temperature = fit_temperature(damage_labels, damage_logits)
+    temperature, damage_bias = fit_temperature_and_bias(damage_labels, damage_logits)
     pairs = listing_pairs(samples, splits, outputs)
     mismatch_labels, similarity = mismatch_arrays(pairs)
     slope, intercept = fit_logistic(mismatch_labels, similarity)
-    calibration = Calibration(temperature, slope, intercept)
+    calibration = Calibration(temperature, slope, intercept, damage_bias)
     p_damage = calibration.damage(damage_logits)
     p_mismatch = calibration.mismatch(similarity)
     thresholds = {

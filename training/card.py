@@ -10,7 +10,8 @@ from typing import Any
 from service.preprocess import DEFAULT_INPUT_SPEC, InputSpec
 
 OUTPUT_DESCRIPTIONS = {
-    "damage_logit": "float32 [N]; uncalibrated; calibrated p_damage = sigmoid(logit / temperature)",
+    "damage_logit": "float32 [N]; uncalibrated; "
+    "calibrated p_damage = sigmoid(logit / temperature + bias)",
     "damage_map": "float32 [N, 7, 7]; logits of the coarse damage map over the 224x224 letterboxed "
     "input (sigmoid -> heatmap); row-major, top-left first",
     "embedding": "float32 [N, D]; L2-normalised; cosine similarity = dot product",
@@ -71,6 +72,7 @@ def build_card(
     version: str,
     embedding_dim: int,
     temperature: float,
+    damage_bias: float,
     mismatch_slope: float,
     mismatch_intercept: float,
     thresholds: dict[str, float],
@@ -95,7 +97,12 @@ def build_card(
         "outputs": dict(OUTPUT_DESCRIPTIONS),
         "embedding_dim": embedding_dim,
         "calibration": {
-            "damage": {"method": "temperature", "temperature": temperature},
+            "damage": {
+                "method": "temperature",
+                "temperature": temperature,
+                "bias": damage_bias,
+                "note": "p_damage = sigmoid(damage_logit / temperature + bias)",
+            },
             "mismatch": {
                 "method": "logistic",
                 "slope": mismatch_slope,

@@ -33,9 +33,10 @@ class Calibration:
     temperature: float
     mismatch_slope: float
     mismatch_intercept: float
+    damage_bias: float = 0.0
 
     def damage(self, logits: np.ndarray) -> np.ndarray:
-        return sigmoid(np.asarray(logits) / self.temperature)
+        return sigmoid(np.asarray(logits) / self.temperature + self.damage_bias)
 
     def mismatch(self, similarity: np.ndarray) -> np.ndarray:
         return sigmoid(self.mismatch_slope * np.asarray(similarity) + self.mismatch_intercept)

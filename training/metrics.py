@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
+from scipy.optimize import minimize
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -84,14 +84,20 @@ def binary_nll(labels: np.ndarray, logits: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, logits) - labels * logits))
 
 
-def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
-    """Temperature T minimising the NLL of sigmoid(logit / T) (searched in log space)."""
-    result = minimize_scalar(
-        lambda log_t: binary_nll(labels, np.asarray(logits) / np.exp(log_t)),
-        bounds=(np.log(0.05), np.log(50.0)),
-        method="bounded",
+def fit_temperature_and_bias(labels: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
+    """(T, b) minimising the NLL of sigmoid(logit / T + b); T searched in log space, kept > 0.
+
+    The bias matters as much as the temperature here: training sees damaged and intact photos in
+    its own proportions (and synthetic damage that is easier than real), so the trained logit is
+    shifted as well as over-confident; a temperature alone can only fix the second."""
+    logits = np.asarray(logits, dtype=np.float64)
+    result = minimize(
+        lambda params: binary_nll(labels, logits / np.exp(params[0]) + params[1]),
+        x0=np.zeros(2),
+        method="L-BFGS-B",
+        bounds=[(np.log(0.05), np.log(50.0)), (-10.0, 10.0)],
     )
-    return float(np.exp(result.x))
+    return float(np.exp(result.x[0])), float(result.x[1])
 
 
 def fit_logistic(

@@ -313,6 +313,7 @@ def model_card(
         version=config.version,
         embedding_dim=config.embedding_dim,
         temperature=round(entry["calibration"]["temperature"], 4),
+        damage_bias=round(entry["calibration"]["damage_bias"], 4),
         mismatch_slope=round(entry["calibration"]["mismatch_slope"], 4),
         mismatch_intercept=round(entry["calibration"]["mismatch_intercept"], 4),
         thresholds=entry["thresholds"],

@@ -6,11 +6,12 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from service.cli import batch, check, demo, keys, score, serve
+    from service.cli import batch, check, demo, keys, labels, score, serve
 
     check.register(app)
     serve.register(app)
     demo.register(app)
     keys.register(app)
+    labels.register(app)
     score.register(app)
     batch.register(app)

@@ -4,7 +4,7 @@ transaction) and never raise HTTP errors (routes decide what a missing row means
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -442,6 +442,71 @@ def create_review(
     )
     session.add(row)
     return row
+
+
+@dataclass(frozen=True)
+class ReviewLabels:
+    """One review's photo labels, as stored: `[{photo_id, damage, matches_listing}]`."""
+
+    claim_id: str
+    review_id: str
+    created_at: datetime
+    labels: list[Any]
+
+
+def review_labels(session: Session, *, since: datetime | None = None) -> list[ReviewLabels]:
+    """Every review's labels, oldest first (ties by review id). With `since`, only the claims
+    reviewed at or after it, but with all their reviews: an old label still holds the fields a
+    recent correction leaves out."""
+    query = select(Review.claim_id, Review.review_id, Review.created_at, Review.labels)
+    if since is not None:
+        recent = select(Review.claim_id).where(Review.created_at >= since)
+        query = query.where(Review.claim_id.in_(recent))
+    rows = session.execute(query.order_by(Review.created_at, Review.review_id))
+    return [
+        ReviewLabels(claim_id=claim_id, review_id=review_id, created_at=created_at, labels=labels)
+        for claim_id, review_id, created_at, labels in rows
+    ]
+
+
+# Bound parameters per IN (...) list: well under SQLite's and PostgreSQL's limits.
+_IN_CHUNK = 500
+
+
+def _chunks(values: Collection[str]) -> Iterator[list[str]]:
+    ordered = sorted(set(values))
+    for start in range(0, len(ordered), _IN_CHUNK):
+        yield ordered[start : start + _IN_CHUNK]
+
+
+def photos_by_id(session: Session, *, photo_ids: Collection[str]) -> dict[str, Photo]:
+    """The stored photo rows among `photo_ids` (unknown ids are simply absent)."""
+    found: dict[str, Photo] = {}
+    for chunk in _chunks(photo_ids):
+        found.update(
+            (row.photo_id, row)
+            for row in session.scalars(select(Photo).where(Photo.photo_id.in_(chunk)))
+        )
+    return found
+
+
+def claims_listing_images(
+    session: Session, *, claim_ids: Collection[str]
+) -> dict[str, list[Photo]]:
+    """Each claim's listing images in listing order; a claim whose listing has none maps to []."""
+    images: dict[str, list[Photo]] = {}
+    for chunk in _chunks(claim_ids):
+        images.update((claim_id, []) for claim_id in chunk)
+        rows = session.execute(
+            select(Claim.claim_id, Photo)
+            .join(ListingImage, ListingImage.listing_id == Claim.listing_id)
+            .join(Photo, Photo.photo_id == ListingImage.photo_id)
+            .where(Claim.claim_id.in_(chunk))
+            .order_by(Claim.claim_id, ListingImage.position)
+        )
+        for claim_id, photo in rows:
+            images[claim_id].append(photo)
+    return images
 
 
 def record_audit(
