@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         return self.data_dir / "photos"
 
     @property
+    def display_dir(self) -> Path:
+        """Cached display copies (re-made from the photos whenever missing)."""
+        return self.data_dir / "display"
+
+    @property
     def resolved_database_url(self) -> str:
         assert self.database_url is not None  # set by _resolve_paths
         return self.database_url

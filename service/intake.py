@@ -252,6 +252,11 @@ def open_photo(
     return _decode(data, limits, working_side)
 
 
+# The display copy's format: bump it with any change to what `display_copy` produces (size,
+# quality, encoder options), so that cached copies and their ETags are replaced, not served on.
+DISPLAY_COPY_VERSION = 1
+
+
 def display_copy(
     data: bytes, *, limits: IntakeLimits = DEFAULT_LIMITS, max_side: int = 1600, quality: int = 85
 ) -> bytes:

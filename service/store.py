@@ -5,17 +5,23 @@ writing the same content twice is a no-op. A write goes to a temporary file in t
 is fsynced, then renamed into place (rename is atomic on POSIX), and the folder is fsynced so the
 new name survives a crash. Reads re-hash the bytes, so silent corruption on disk is reported
 instead of being shown to a reviewer as evidence.
+
+`DisplayCache` keeps the display copy made from each original (see `service.intake.display_copy`)
+so that it is encoded once, not on every request. It is written the same way, and each file
+carries the SHA-256 of its copy, so a damaged cache file is noticed and made again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
 from pathlib import Path
 
 _PHOTO_ID = re.compile(r"^[0-9a-f]{64}$")
+logger = logging.getLogger("service.store")
 
 
 class PhotoNotFound(KeyError):
@@ -50,18 +56,7 @@ class PhotoStore:
         target = self.path_for(photo_id)
         if target.is_file():
             return photo_id
-        target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        _fsync_directory(target.parent)
+        _write_atomically(target, data)
         return photo_id
 
     def get(self, photo_id: str) -> bytes:
@@ -73,6 +68,78 @@ class PhotoStore:
         if hashlib.sha256(data).hexdigest() != photo_id:
             raise PhotoCorrupted(f"stored photo {photo_id} does not match its hash")
         return data
+
+
+class DisplayCache:
+    """Display copies by photo id, under `root/v<version>/ab/cd/<photo_id>.jpg`.
+
+    An original never changes, so neither does its copy until the display format does: bumping
+    `version` (service.intake.DISPLAY_COPY_VERSION) starts an empty folder beside the old one,
+    which can then be deleted. Each file is the JPEG followed by a trailer, the SHA-256 of the
+    JPEG and a marker, which viewers ignore; `get` checks it, so a truncated or damaged file
+    counts as missing and the caller makes and stores the copy again. Hashing a copy of a few
+    hundred kB costs well under a millisecond; decoding the JPEG to check it would cost more
+    and still miss damage inside the compressed data.
+    """
+
+    def __init__(self, root: Path, *, version: int) -> None:
+        self.version = version
+        self.root = root / f"v{version}"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, photo_id: str) -> Path:
+        if not is_photo_id(photo_id):
+            raise PhotoNotFound(photo_id)
+        return self.root / photo_id[:2] / photo_id[2:4] / f"{photo_id}.jpg"
+
+    def get(self, photo_id: str) -> bytes | None:
+        """The cached copy, or None when there is none or its file is damaged."""
+        path = self.path_for(photo_id)
+        try:
+            stored = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        copy = _unseal(stored)
+        if copy is None:
+            logger.warning("damaged display copy ignored", extra={"photo_id": photo_id})
+        return copy
+
+    def put(self, photo_id: str, copy: bytes) -> None:
+        """Store `copy` for `photo_id`, replacing any file there (atomically)."""
+        _write_atomically(self.path_for(photo_id), _seal(copy))
+
+
+_SEAL_MARK = b"TRIAGE-DISPLAY-SHA256"
+_SEAL_SIZE = hashlib.sha256().digest_size + len(_SEAL_MARK)
+
+
+def _seal(data: bytes) -> bytes:
+    return data + hashlib.sha256(data).digest() + _SEAL_MARK
+
+
+def _unseal(stored: bytes) -> bytes | None:
+    """The data `_seal` was given, or None if `stored` is not exactly what it wrote."""
+    if len(stored) <= _SEAL_SIZE or not stored.endswith(_SEAL_MARK):
+        return None
+    data, digest = stored[:-_SEAL_SIZE], stored[-_SEAL_SIZE : -len(_SEAL_MARK)]
+    return data if hashlib.sha256(data).digest() == digest else None
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
+    """Temporary file in the target's folder, fsync, rename into place, fsync the folder: a
+    reader sees the old file or the whole new one, and the new name survives a crash."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -25,12 +25,12 @@ from service.config import Settings
 from service.db import crud
 from service.db.crud import utcnow
 from service.db.migrate import upgrade_to_head
-from service.db.session import database_reachable, make_engine, make_session_factory, transaction
+from service.db.session import database_reachable, make_engine, make_session_factory
 from service.duplicates import DuplicateIndex, evidence_ref, parse_hashes
 from service.engine import ModelCard, ScoringEngine
-from service.intake import Photo, open_photo
+from service.intake import DISPLAY_COPY_VERSION, Photo, open_photo
 from service.policy import PolicyConfig
-from service.store import PhotoStore
+from service.store import DisplayCache, PhotoStore
 
 logger = logging.getLogger("service.api")
 # Decoded listing images kept for mismatch and reuse checks (about 0.6 MB each at 448 px).
@@ -43,6 +43,7 @@ class Runtime:
     db_engine: Engine
     sessions: sessionmaker[Session]
     store: PhotoStore
+    display_copies: DisplayCache
     batcher: MicroBatcher
     assessor: Assessor
     policy: PolicyConfig
@@ -72,6 +73,7 @@ class Runtime:
             db_engine=db_engine,
             sessions=sessions,
             store=PhotoStore(settings.photos_dir),
+            display_copies=DisplayCache(settings.display_dir, version=DISPLAY_COPY_VERSION),
             batcher=batcher,
             assessor=Assessor(batcher),
             policy=policy,
@@ -81,11 +83,11 @@ class Runtime:
             ),
         )
         runtime._load_duplicate_index()
-        with transaction(sessions) as session:
-            # The policy configuration may have changed since the last run.
-            refreshed = triage.refresh_stale(
-                session, policy=policy, now=utcnow(), max_age=timedelta(0)
-            )
+        # The policy configuration may have changed since the last run. Committed chunk by
+        # chunk: with many open claims one transaction would lock the table for all of start-up.
+        refreshed = triage.refresh_stale_in_chunks(
+            sessions, policy=policy, now=utcnow(), max_age=timedelta(0)
+        )
         logger.info(
             "started",
             extra={"model_version": scoring.model_version, "claims_retriaged": refreshed},

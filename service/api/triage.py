@@ -6,17 +6,23 @@ policy configuration may have changed), and on every queue read for open claims 
 triage is older than `triage_refresh_seconds`. The queue is then ordered in SQL by the stored
 priority, so pagination is a cheap keyset scan; the deadline part moves by at most
 35 points / 15 days, i.e. well under one point per refresh interval at the default 15 minutes.
+
+Refreshing many claims (every open claim at start-up; at a queue read, every claim that went stale
+since the last refresh, which in steady use is most of them at once) goes in chunks of
+`REFRESH_CHUNK` claims with three statements each: the claims, all their photos, one UPDATE. The
+triage of each claim is the same as `retriage` computes, from the same facts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import crud
 from service.db.models import Claim, ClaimPhoto
+from service.db.session import transaction
 from service.policy import ClaimFacts, PhotoFacts, PolicyConfig, Triage, triage_claim
 
 
@@ -55,14 +61,78 @@ def retriage(session: Session, claim: Claim, *, policy: PolicyConfig, now: datet
     return triage
 
 
+# Claims per chunk: one IN list of claim ids (crud keeps those at 500) and a bounded transaction.
+REFRESH_CHUNK = 500
+
+
+def _retriage_chunk(
+    session: Session, claims: Sequence[Claim], *, policy: PolicyConfig, now: datetime
+) -> None:
+    """`retriage` for each of `claims`, with their photos read in one query and one UPDATE."""
+    photos = crud.claim_photos_by_claim(session, claim_ids=[claim.claim_id for claim in claims])
+    updates = []
+    for claim in claims:
+        triage = triage_claim(claim_facts(claim, photos[claim.claim_id]), config=policy, now=now)
+        updates.append(
+            crud.TriageUpdate(
+                claim_id=claim.claim_id,
+                support=triage.support,
+                sufficiency=triage.sufficiency,
+                lane=triage.lane,
+                priority=triage.priority,
+                reasons=triage.reasons,
+            )
+        )
+    crud.set_triages(session, updates=updates, now=now)
+
+
+def _id_chunks(claim_ids: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(claim_ids), REFRESH_CHUNK):
+        yield claim_ids[start : start + REFRESH_CHUNK]
+
+
 def refresh_stale(
     session: Session, *, policy: PolicyConfig, now: datetime, max_age: timedelta
 ) -> int:
-    """Re-triage open claims whose stored triage is older than `max_age`; returns how many."""
-    stale = crud.stale_open_claims(session, triaged_before=now - max_age)
-    for claim in stale:
-        retriage(session, claim, policy=policy, now=now)
-    return len(stale)
+    """Re-triage open claims whose stored triage is older than `max_age`; returns how many.
+
+    Runs inside the caller's transaction (a queue read commits the refresh before it reads the
+    page), chunk by chunk so that neither the claims nor their photos are all held at once.
+    """
+    triaged_before = now - max_age
+    refreshed = 0
+    for chunk in _id_chunks(crud.stale_open_claim_ids(session, triaged_before=triaged_before)):
+        claims = crud.stale_open_claims(session, claim_ids=chunk, triaged_before=triaged_before)
+        _retriage_chunk(session, claims, policy=policy, now=now)
+        refreshed += len(claims)
+    return refreshed
+
+
+def refresh_stale_in_chunks(
+    sessions: sessionmaker[Session], *, policy: PolicyConfig, now: datetime, max_age: timedelta
+) -> int:
+    """`refresh_stale`, each chunk committed in its own transaction; returns how many.
+
+    For start-up, which re-triages every open claim: one transaction over the whole table would
+    hold SQLite's write lock (and on PostgreSQL row locks on every open claim) for all of it.
+    Each claim's triage depends on that claim alone, so a crash part-way leaves some claims
+    refreshed and the rest as they were, for the next start-up or queue read to finish. A claim
+    decided or re-triaged by someone else between the listing and its chunk is skipped, since
+    each chunk selects its claims again with the same open-and-stale filter.
+    """
+    triaged_before = now - max_age
+    with sessions() as session:
+        # Only the ids up front (tens of bytes a claim): paging through the filtered query by
+        # a keyset on claim_id made SQLite scan every open claim per chunk (its planner takes
+        # the queue index for `status IN`), quadratic in the number of open claims.
+        claim_ids = crud.stale_open_claim_ids(session, triaged_before=triaged_before)
+    refreshed = 0
+    for chunk in _id_chunks(claim_ids):
+        with transaction(sessions) as session:
+            claims = crud.stale_open_claims(session, claim_ids=chunk, triaged_before=triaged_before)
+            _retriage_chunk(session, claims, policy=policy, now=now)
+        refreshed += len(claims)
+    return refreshed
 
 
 def deadline_of(claim: Claim, policy: PolicyConfig) -> datetime:

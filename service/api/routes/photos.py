@@ -1,11 +1,18 @@
-"""Photos: the display copy (re-encoded, metadata stripped) and the damage heatmap overlay."""
+"""Photos: the display copy (re-encoded, metadata stripped) and the damage heatmap overlay.
+
+A display copy is encoded on the first request for it and served from `Runtime.display_copies`
+after that (photos are content-addressed, so the copy of a photo id never changes while the
+display format stays the same). Its ETag names the photo id and that format's version, so a
+client revalidating with If-None-Match gets a 304 without a byte of the image.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Header, Path, Response
 from sqlalchemy.orm import Session
 
 from service.api import schemas
@@ -23,6 +30,7 @@ logger = logging.getLogger("service.api")
 PhotoId = Annotated[str, Path(min_length=1, max_length=64)]
 PROBLEMS = {code: {"model": schemas.Problem} for code in (401, 403, 404)}
 IMAGE_RESPONSE = {"content": {"image/jpeg": {}}, "description": "JPEG display copy"}
+NOT_MODIFIED_RESPONSE = {"description": "Not modified: If-None-Match names the current ETag"}
 PNG_RESPONSE = {"content": {"image/png": {}}, "description": "PNG heatmap overlay"}
 # Content-addressed, so a photo id's bytes never change; private because evidence is personal.
 _CACHE = "private, max-age=86400, immutable"
@@ -36,6 +44,23 @@ def _visible(session: Session, photo_id: str, key: ApiKey) -> bool:
     if key.role == Role.reviewer:
         return crud.get_photo(session, photo_id=photo_id) is not None
     return crud.photo_visible_to_owner(session, photo_id=photo_id, owner_key_id=key.key_id)
+
+
+def display_etag(photo_id: str, version: int) -> str:
+    """Strong ETag of a photo's display copy: the same photo id and display format version
+    always give the same bytes (they are read from the cache once made)."""
+    return f'"{photo_id}-display-v{version}"'
+
+
+_ENTITY_TAG = re.compile(r'(?:W/)?("[^"]*")')
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """Whether an If-None-Match header names `etag` (weak comparison, as RFC 9110 13.1.2
+    prescribes for it: a W/ prefix is ignored), or is `*`."""
+    if if_none_match.strip() == "*":
+        return True
+    return etag in _ENTITY_TAG.findall(if_none_match)
 
 
 def _original(runtime: Runtime, photo_id: str) -> bytes:
@@ -56,15 +81,34 @@ def _original(runtime: Runtime, photo_id: str) -> bytes:
 @router.get(
     "/{photo_id}",
     response_class=Response,
-    responses={200: IMAGE_RESPONSE, **PROBLEMS},
+    responses={200: IMAGE_RESPONSE, 304: NOT_MODIFIED_RESPONSE, **PROBLEMS},
     summary="Display copy: oriented JPEG without metadata (never the original)",
 )
-def get_photo(photo_id: PhotoId, runtime: RuntimeDep, key: BuyerOrReviewerKey) -> Response:
+def get_photo(
+    photo_id: PhotoId,
+    runtime: RuntimeDep,
+    key: BuyerOrReviewerKey,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
     with runtime.sessions() as session:
         if not _visible(session, photo_id, key):
             raise photo_not_found(photo_id)
-    copy = display_copy(_original(runtime, photo_id))
-    return Response(copy, media_type="image/jpeg", headers={"Cache-Control": _CACHE})
+    # The original is read and its hash checked even when the copy is cached or the client's
+    # is current: a damaged original is withheld (500) exactly as before there was a cache.
+    original = _original(runtime, photo_id)
+    cache = runtime.display_copies
+    headers = {"Cache-Control": _CACHE, "ETag": display_etag(photo_id, cache.version)}
+    if if_none_match is not None and etag_matches(if_none_match, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    copy = cache.get(photo_id)
+    if copy is None:
+        copy = display_copy(original)
+        try:
+            cache.put(photo_id, copy)
+        except OSError:
+            # A full or read-only disk costs speed, not the answer: the copy is sent anyway.
+            logger.warning("display copy not cached", extra={"photo_id": photo_id}, exc_info=True)
+    return Response(copy, media_type="image/jpeg", headers=headers)
 
 
 @router.get(
