@@ -192,3 +192,44 @@ def test_tiny_training_run_checkpoints_its_config_and_resumes(
         damage_logit, damage_map, embedding = model(torch.zeros(2, 3, 224, 224))
     assert damage_logit.shape == (2,) and damage_map.shape == (2, 7, 7)
     assert torch.allclose(embedding.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.training
+@pytest.mark.shared_data
+def test_tiny_run_releases_the_file_it_calibrated_and_the_engine_serves_it(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    from service.engine import ScoringEngine
+    from service.intake import open_photo
+    from training.__main__ import main
+    from training.data import load_packages
+
+    run_dir, models_dir = tmp_path / "run", tmp_path / "models"
+    main(
+        [
+            "run",
+            "--tiny",
+            "--data-root",
+            str(shared_data),
+            "--run-dir",
+            str(run_dir),
+            "--models-dir",
+            str(models_dir),
+        ]
+    )
+    (model_dir,) = models_dir.iterdir()
+    # What was calibrated and evaluated is byte for byte what ships.
+    assert (model_dir / "model.onnx").read_bytes() == (run_dir / "model.onnx").read_bytes()
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    assert "ONNX" in evaluation["scored"]["model"]
+    card = json.loads((model_dir / "model_card.json").read_text())
+    calibration = json.loads((run_dir / "calibration.json").read_text())["model"]["calibration"]
+    assert card["calibration"]["damage"]["bias"] == pytest.approx(
+        calibration["damage_bias"], abs=1e-4
+    )
+    assert card["export"]["torch_onnx_max_abs_diff"] <= 1e-4
+    engine = ScoringEngine.load(model_dir)
+    photo = open_photo(load_packages(shared_data)[0].path.read_bytes()).image
+    (output,) = engine.infer([photo])
+    assert 0.0 <= output.damage <= 1.0 and output.heatmap.shape == (7, 7)

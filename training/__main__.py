@@ -64,9 +64,14 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("train", "train the fine-tuned model (or, with --baseline, the frozen-trunk baseline)"),
-        ("calibrate", "fit temperature, mismatch logistic and thresholds on validation"),
-        ("evaluate", "held-out test figures for the model and the baseline"),
-        ("export", "ONNX export, parity check, INT8 study, models/<name>-<version>/"),
+        ("export", "ONNX export, parity check, INT8 study: the file that will ship"),
+        (
+            "calibrate",
+            "fit damage temperature and bias, mismatch logistic and thresholds on "
+            "validation, through the file that will ship",
+        ),
+        ("evaluate", "held-out test figures for the shipped file and the baseline"),
+        ("release", "models/<name>-<version>/: the shipped file and its model card"),
         ("run", "all of the above, in order (resumable)"),
     ):
         command = commands.add_parser(name, help=help_text)
@@ -109,12 +114,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         variants = [arguments.baseline] if arguments.command == "train" else [False, True]
         for baseline in variants:
             train.main(dataclasses.replace(config, fine_tune=not baseline), resume=resume)
+    if arguments.command in ("export", "run"):
+        pipeline.export(config)
     if arguments.command in ("calibrate", "run"):
         pipeline.calibrate(config)
     if arguments.command in ("evaluate", "run"):
         pipeline.evaluate(config)
-    if arguments.command in ("export", "run"):
-        print(f"model written to {pipeline.export(config)}")
+    if arguments.command in ("release", "run"):
+        print(f"model written to {pipeline.release(config)}")
     print(f"{arguments.command} took {time.perf_counter() - started:.0f} s")
 
 
