@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, PositiveInt, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.engine import DEFAULT_MODEL_DIR
@@ -49,8 +49,14 @@ class Settings(BaseSettings):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     triage_refresh_seconds: PositiveInt = Field(
         default=900,
-        description="Queue reads re-triage claims whose stored priority is older than this "
-        "(priority depends on the deadline, so it ages).",
+        description="A background task re-triages open claims whose stored priority is older "
+        "than this (priority depends on the deadline, so it ages); queue reads refresh only "
+        "those older than twice this, as a safety net.",
+    )
+    triage_refresh_interval_seconds: PositiveFloat | None = Field(
+        default=None,
+        description="How often the background refresher re-triages claims older than "
+        "`triage_refresh_seconds`; default half of that.",
     )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -64,6 +70,13 @@ class Settings(BaseSettings):
                 self, "database_url", f"sqlite:///{self.data_dir / 'triage.sqlite3'}"
             )
         return self
+
+    @property
+    def resolved_triage_refresh_interval(self) -> float:
+        """Seconds between background refresh rounds (half the refresh age unless set)."""
+        if self.triage_refresh_interval_seconds is not None:
+            return self.triage_refresh_interval_seconds
+        return self.triage_refresh_seconds / 2
 
     @property
     def photos_dir(self) -> Path:

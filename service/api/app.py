@@ -1,5 +1,6 @@
 """The app factory: `create_app(settings)` wires routes, errors, logging, metrics and the
-lifespan that opens the database and loads the model once per process."""
+lifespan that opens the database, loads the model once per process and runs the background
+triage refresh."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import service
 from service.api.logs import RequestIdMiddleware, configure_logging
 from service.api.metrics import MetricsMiddleware
 from service.api.problems import install_problem_handlers
+from service.api.refresher import BackgroundRefresher
 from service.api.routes import claims, evidence, health, listings, model, photos, queue
 from service.api.runtime import Runtime
 from service.config import Settings
@@ -51,9 +53,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_logging(settings.log_level)
         runtime = await run_in_threadpool(Runtime.start, settings)
         app.state.runtime = runtime
+        refresher = BackgroundRefresher(
+            lambda should_stop: runtime.refresh_stale_triage(should_stop=should_stop),
+            interval=settings.resolved_triage_refresh_interval,
+        )
+        refresher.start()
+        app.state.triage_refresher = refresher
         try:
             yield
         finally:
+            # Before closing the runtime: a round in progress still uses its database.
+            await refresher.stop()
             await run_in_threadpool(runtime.close)
             del app.state.runtime
 

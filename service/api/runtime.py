@@ -10,6 +10,7 @@ import io
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -93,6 +94,17 @@ class Runtime:
             extra={"model_version": scoring.model_version, "claims_retriaged": refreshed},
         )
         return runtime
+
+    def refresh_stale_triage(self, *, should_stop: Callable[[], bool] | None = None) -> int:
+        """One background round: re-triage open claims older than the refresh age, committed
+        chunk by chunk (queue reads and uploads keep going in between); returns how many."""
+        return triage.refresh_stale_in_chunks(
+            self.sessions,
+            policy=self.policy,
+            now=utcnow(),
+            max_age=timedelta(seconds=self.settings.triage_refresh_seconds),
+            should_stop=should_stop,
+        )
 
     def _load_duplicate_index(self) -> None:
         """Every evidence photo under all its window hashes, as the upload added it."""

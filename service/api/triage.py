@@ -2,20 +2,29 @@
 
 Ordering choice (priority depends on the clock through the deadline): triage is recomputed and
 stored on every change to a claim (new claim, evidence, escalation, decision), at start-up (the
-policy configuration may have changed), and on every queue read for open claims whose stored
-triage is older than `triage_refresh_seconds`. The queue is then ordered in SQL by the stored
-priority, so pagination is a cheap keyset scan; the deadline part moves by at most
-35 points / 15 days, i.e. well under one point per refresh interval at the default 15 minutes.
+policy configuration may have changed), and by a background task (`service.api.refresher`,
+started by the app's lifespan) that every `triage_refresh_interval_seconds` (default half of
+`triage_refresh_seconds`) re-triages the open claims whose stored triage is older than
+`triage_refresh_seconds`. The queue is then ordered in SQL by the stored priority, so pagination
+is a cheap keyset scan; the deadline part moves by at most 35 points / 15 days, i.e. well under
+one point per refresh interval at the default 15 minutes.
 
-Refreshing many claims (every open claim at start-up; at a queue read, every claim that went stale
-since the last refresh, which in steady use is most of them at once) goes in chunks of
-`REFRESH_CHUNK` claims with three statements each: the claims, all their photos, one UPDATE. The
-triage of each claim is the same as `retriage` computes, from the same facts.
+Why in the background: in steady use every open claim goes stale at about the same time, so a
+refresh on the read path made the first queue read after each interval re-triage all of them
+inside that request (seconds for tens of thousands of claims). A queue read still refreshes, as a
+safety net for when the background task is behind or failing, but only claims older than
+`QUEUE_READ_STALE_FACTOR` x `triage_refresh_seconds`: with the task running, the oldest stored
+triage is about 1.5 x the refresh age, so a read finds nothing and costs one query.
+
+Refreshing many claims (every open claim at start-up; every claim that went stale since the last
+round) goes in chunks of `REFRESH_CHUNK` claims with three statements each: the claims, all their
+photos, one UPDATE. The triage of each claim is the same as `retriage` computes, from the same
+facts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -63,6 +72,9 @@ def retriage(session: Session, claim: Claim, *, policy: PolicyConfig, now: datet
 
 # Claims per chunk: one IN list of claim ids (crud keeps those at 500) and a bounded transaction.
 REFRESH_CHUNK = 500
+# Queue reads refresh only triage older than this many refresh ages: the background task keeps
+# stored triage under about 1.5 of them, so the read path re-triages only when it is behind.
+QUEUE_READ_STALE_FACTOR = 2
 
 
 def _retriage_chunk(
@@ -109,16 +121,22 @@ def refresh_stale(
 
 
 def refresh_stale_in_chunks(
-    sessions: sessionmaker[Session], *, policy: PolicyConfig, now: datetime, max_age: timedelta
+    sessions: sessionmaker[Session],
+    *,
+    policy: PolicyConfig,
+    now: datetime,
+    max_age: timedelta,
+    should_stop: Callable[[], bool] | None = None,
 ) -> int:
     """`refresh_stale`, each chunk committed in its own transaction; returns how many.
 
-    For start-up, which re-triages every open claim: one transaction over the whole table would
-    hold SQLite's write lock (and on PostgreSQL row locks on every open claim) for all of it.
-    Each claim's triage depends on that claim alone, so a crash part-way leaves some claims
-    refreshed and the rest as they were, for the next start-up or queue read to finish. A claim
-    decided or re-triaged by someone else between the listing and its chunk is skipped, since
-    each chunk selects its claims again with the same open-and-stale filter.
+    For start-up, which re-triages every open claim, and the background refresher: one
+    transaction over the whole table would hold SQLite's write lock (and on PostgreSQL row locks
+    on every open claim) for all of it. Each claim's triage depends on that claim alone, so a
+    crash part-way leaves some claims refreshed and the rest as they were, for the next round to
+    finish. A claim decided or re-triaged by someone else between the listing and its chunk is
+    skipped, since each chunk selects its claims again with the same open-and-stale filter.
+    `should_stop` is asked before each chunk, so a shutdown waits for one chunk, not the table.
     """
     triaged_before = now - max_age
     with sessions() as session:
@@ -128,6 +146,8 @@ def refresh_stale_in_chunks(
         claim_ids = crud.stale_open_claim_ids(session, triaged_before=triaged_before)
     refreshed = 0
     for chunk in _id_chunks(claim_ids):
+        if should_stop is not None and should_stop():
+            break
         with transaction(sessions) as session:
             claims = crud.stale_open_claims(session, claim_ids=chunk, triaged_before=triaged_before)
             _retriage_chunk(session, claims, policy=policy, now=now)
