@@ -107,6 +107,7 @@ class Claim(Base):
         UniqueConstraint("owner_key_id", "idempotency_key", name="uq_claims_owner_idempotency"),
         Index("ix_claims_queue", "status", "priority", "opened_at"),
         Index("ix_claims_owner_created", "owner_key_id", "created_at"),
+        Index("ix_claims_stale", "status", "triaged_at"),
     )
 
     claim_id: Mapped[str] = mapped_column(String(40), primary_key=True)
