@@ -1,6 +1,6 @@
-"""Display copy latency, GET /v1/photos/{id} on a 4000x3000 JPEG: first GET, cached GET, 304.
+"""Display copy and heatmap latency on a 4000x3000 JPEG: first GET, cached GET, 304, no cache.
 
-    python bench/bench_photos.py [--photos 12] [--requests 60]
+    python bench/bench_photos.py [--photos 12] [--requests 60] [--heatmap-requests 60]
 
 Two uvicorn servers side by side (bench_api.Server: fresh temporary data dir each, the shipped
 model, keys made with the CLI), the same photos uploaded to both as evidence (distinct files: the
@@ -11,6 +11,10 @@ same 12 MP pixels with a different JPEG comment each), then, at concurrency 1 ov
 - shipped app, GET with If-None-Match of the current ETag: 304, no body;
 - "no cache" app, GET: `uncached_app` below, the shipped app with `DisplayCache.get` always
   missing and `put` doing nothing, so every request decodes and re-encodes as before the cache.
+
+The same four kinds for GET /v1/photos/{id}/heatmap.png (first GET: decode, render the overlay,
+encode the PNG, store it; "no cache": `HeatmapCache` switched off the same way, so every request
+renders as before its cache), with their own request count (--heatmap-requests).
 
 Every GET, cached or not, first checks access and re-hashes the stored original (a damaged one
 is withheld), so the script also times that part alone (read + SHA-256 of the original) to show
@@ -42,15 +46,17 @@ if TYPE_CHECKING:
 def uncached_app() -> FastAPI:
     """The shipped app with the display cache switched off, for the baseline (uvicorn factory)."""
     from service.api import app as app_module
-    from service.store import DisplayCache
+    from service.store import DisplayCache, HeatmapCache
 
-    DisplayCache.get = lambda self, photo_id: None  # type: ignore[method-assign]
-    DisplayCache.put = lambda self, photo_id, copy: None  # type: ignore[method-assign]
+    for cache in (DisplayCache, HeatmapCache):
+        cache.get = lambda self, key: None  # type: ignore[method-assign]
+        cache.put = lambda self, key, data: None  # type: ignore[method-assign]
     return app_module.create_app()
 
 
-def prepare(server: Server, uploads: list[bytes]) -> tuple[httpx.Client, list[str]]:
-    """Start the server; one listing, one claim, the uploads as its evidence; the photo URLs."""
+def prepare(server: Server, uploads: list[bytes]) -> tuple[httpx.Client, list[str], list[str]]:
+    """Start the server; one listing, one claim, the uploads as its evidence; the photo URLs and
+    the heatmap URLs."""
     admin, buyer = server.create_key("admin"), server.create_key("buyer")
     server.start()
     client = httpx.Client(
@@ -76,7 +82,7 @@ def prepare(server: Server, uploads: list[bytes]) -> tuple[httpx.Client, list[st
         headers={"Idempotency-Key": "bench-photos"},
     )
     claim.raise_for_status()
-    urls = []
+    urls, heatmap_urls = [], []
     for data in uploads:
         response = client.post(
             f"/v1/claims/{claim.json()['claim_id']}/evidence",
@@ -84,7 +90,8 @@ def prepare(server: Server, uploads: list[bytes]) -> tuple[httpx.Client, list[st
         )
         response.raise_for_status()
         urls.append(response.json()["data"][0]["url"])
-    return client, urls
+        heatmap_urls.append(response.json()["data"][0]["heatmap_url"])
+    return client, urls, heatmap_urls
 
 
 def timed(request: Callable[[], httpx.Response], expect: int, into: list[float]) -> httpx.Response:
@@ -109,10 +116,45 @@ def original_check_ms(photo: bytes, folder: Path, runs: int) -> list[float]:
     return times
 
 
+def heatmap_runs(
+    cached_client: httpx.Client,
+    cached_urls: list[str],
+    plain_client: httpx.Client,
+    plain_urls: list[str],
+    requests: int,
+    results: dict[str, list[float]],
+) -> dict[str, bytes]:
+    """The four heatmap kinds, interleaved like the display copy's; the first PNG of each URL."""
+    first, cached, revalidated, uncached = results.values()
+    pngs = {}
+    for index, url in enumerate(cached_urls):
+        pngs[url] = timed(lambda url=url: cached_client.get(url), 200, first).content
+        if len(uncached) < requests:
+            timed(lambda i=index: plain_client.get(plain_urls[i]), 200, uncached)
+    for index in range(requests):
+        url = cached_urls[index % len(cached_urls)]
+        response = timed(lambda url=url: cached_client.get(url), 200, cached)
+        if response.content != pngs[url]:
+            raise RuntimeError("the cached heatmap differs from the first one")
+        etag = response.headers["etag"]
+        timed(
+            lambda url=url, etag=etag: cached_client.get(url, headers={"If-None-Match": etag}),
+            304,
+            revalidated,
+        )
+        if len(uncached) < requests:
+            plain_url = plain_urls[index % len(plain_urls)]
+            timed(lambda url=plain_url: plain_client.get(url), 200, uncached)
+    return pngs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--photos", type=int, default=12, help="distinct photos (first GETs)")
     parser.add_argument("--requests", type=int, default=60, help="cached / 304 / uncached GETs")
+    parser.add_argument(
+        "--heatmap-requests", type=int, default=60, help="heatmap cached / 304 / uncached GETs"
+    )
     args = parser.parse_args()
     photo = phone_jpeg()
     print(f"photo: {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG, {len(photo) / 1e6:.1f} MB")
@@ -132,11 +174,19 @@ def main() -> None:
         "no cache, every GET encodes": [],
     }
     first, cached, revalidated, uncached = results.values()
+    heatmaps: dict[str, list[float]] = {
+        "heatmap: first GET (render + store)": [],
+        "heatmap: cached GET": [],
+        "heatmap: If-None-Match -> 304": [],
+        "heatmap: no cache, every GET renders": [],
+    }
     try:
-        cached_client, cached_urls = prepare(cached_server, uploads)
-        plain_client, plain_urls = prepare(plain_server, uploads)
+        cached_client, cached_urls, cached_heatmaps = prepare(cached_server, uploads)
+        plain_client, plain_urls, plain_heatmaps = prepare(plain_server, uploads)
         timed(lambda: cached_client.get(cached_urls.pop()), 200, [])
         timed(lambda: plain_client.get(plain_urls.pop()), 200, [])
+        timed(lambda: cached_client.get(cached_heatmaps.pop()), 200, [])
+        timed(lambda: plain_client.get(plain_heatmaps.pop()), 200, [])
         copies = {}
         for index, url in enumerate(cached_urls):
             copies[url] = timed(lambda url=url: cached_client.get(url), 200, first)
@@ -155,28 +205,38 @@ def main() -> None:
             if len(uncached) < args.requests:
                 plain_url = plain_urls[index % len(plain_urls)]
                 timed(lambda url=plain_url: plain_client.get(url), 200, uncached)
+        pngs = heatmap_runs(
+            cached_client,
+            cached_heatmaps,
+            plain_client,
+            plain_heatmaps,
+            args.heatmap_requests,
+            heatmaps,
+        )
         cached_client.close()
         plain_client.close()
         size_kb = len(copies[cached_urls[0]].content) / 1024
+        png_kb = len(pngs[cached_heatmaps[0]]) / 1024
         hashing = original_check_ms(photo, cached_server.data_dir, args.requests)
     finally:
         for server in (cached_server, plain_server):
             server.stop()
             shutil.rmtree(server.data_dir, ignore_errors=True)
     print(f"load average after: {load_average()}")
-    print(f"display copy: {size_kb:.0f} KiB\n")
+    print(f"display copy: {size_kb:.0f} KiB, heatmap PNG: {png_kb:.0f} KiB\n")
 
     def p(values: list[float], q: float) -> float:
         return float(np.percentile(values, q))
 
-    baseline = p(uncached, 50)
     print("| request | n | p50 ms | p95 ms | no-cache p50 / this p50 |")
     print("|---|---:|---:|---:|---:|")
-    for name, values in results.items():
-        print(
-            f"| {name} | {len(values)} | {p(values, 50):.1f} | {p(values, 95):.1f} "
-            f"| {baseline / p(values, 50):.1f}x |"
-        )
+    for group in (results, heatmaps):
+        baseline = p(list(group.values())[-1], 50)
+        for name, values in group.items():
+            print(
+                f"| {name} | {len(values)} | {p(values, 50):.1f} | {p(values, 95):.1f} "
+                f"| {baseline / p(values, 50):.1f}x |"
+            )
     print(
         f"\nof which the original's read + SHA-256 (in-process, {len(hashing)} runs): "
         f"p50 {p(hashing, 50):.1f} ms"

@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         return self.data_dir / "display"
 
     @property
+    def heatmap_dir(self) -> Path:
+        """Cached heatmap overlay PNGs (re-rendered whenever missing)."""
+        return self.data_dir / "heatmaps"
+
+    @property
     def resolved_database_url(self) -> str:
         assert self.database_url is not None  # set by _resolve_paths
         return self.database_url

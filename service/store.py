@@ -7,8 +7,9 @@ new name survives a crash. Reads re-hash the bytes, so silent corruption on disk
 instead of being shown to a reviewer as evidence.
 
 `DisplayCache` keeps the display copy made from each original (see `service.intake.display_copy`)
-so that it is encoded once, not on every request. It is written the same way, and each file
-carries the SHA-256 of its copy, so a damaged cache file is noticed and made again.
+so that it is encoded once, not on every request; `HeatmapCache` does the same for the heatmap
+overlay PNGs. Both are a `SealedFileCache`: written the same way, and each file carries the
+SHA-256 of its data, so a damaged cache file is noticed and made again.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 _PHOTO_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -70,43 +72,76 @@ class PhotoStore:
         return data
 
 
-class DisplayCache:
-    """Display copies by photo id, under `root/v<version>/ab/cd/<photo_id>.jpg`.
+class SealedFileCache:
+    """Files made from stored data, by key, under `root/v<version>/ab/cd/<key><suffix>`.
 
-    An original never changes, so neither does its copy until the display format does: bumping
-    `version` (service.intake.DISPLAY_COPY_VERSION) starts an empty folder beside the old one,
-    which can then be deleted. Each file is the JPEG followed by a trailer, the SHA-256 of the
-    JPEG and a marker, which viewers ignore; `get` checks it, so a truncated or damaged file
-    counts as missing and the caller makes and stores the copy again. Hashing a copy of a few
-    hundred kB costs well under a millisecond; decoding the JPEG to check it would cost more
-    and still miss damage inside the compressed data.
+    Written like the photo store (temporary file, fsync, rename); each file is the data followed
+    by a trailer, the SHA-256 of the data and a marker, which image viewers ignore. `get` checks
+    it, so a truncated or damaged file counts as missing and the caller makes and stores the data
+    again. Bumping `version` starts an empty folder beside the old one, which can then be
+    deleted. Keys must pass `is_key` (64 hex digits here: a photo id or a SHA-256 of what
+    determines the file); any other key raises PhotoNotFound, so it never reaches a path.
     """
 
-    def __init__(self, root: Path, *, version: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        version: int,
+        suffix: str,
+        kind: str,
+        is_key: Callable[[str], bool] = is_photo_id,
+    ) -> None:
         self.version = version
+        self.suffix = suffix
+        self.kind = kind
+        self.is_key = is_key
         self.root = root / f"v{version}"
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def path_for(self, photo_id: str) -> Path:
-        if not is_photo_id(photo_id):
-            raise PhotoNotFound(photo_id)
-        return self.root / photo_id[:2] / photo_id[2:4] / f"{photo_id}.jpg"
+    def path_for(self, key: str) -> Path:
+        if not self.is_key(key):
+            raise PhotoNotFound(key)
+        return self.root / key[:2] / key[2:4] / f"{key}{self.suffix}"
 
-    def get(self, photo_id: str) -> bytes | None:
-        """The cached copy, or None when there is none or its file is damaged."""
-        path = self.path_for(photo_id)
+    def get(self, key: str) -> bytes | None:
+        """The cached data, or None when there is none or its file is damaged."""
+        path = self.path_for(key)
         try:
             stored = path.read_bytes()
         except FileNotFoundError:
             return None
-        copy = _unseal(stored)
-        if copy is None:
-            logger.warning("damaged display copy ignored", extra={"photo_id": photo_id})
-        return copy
+        data = _unseal(stored)
+        if data is None:
+            logger.warning(f"damaged {self.kind} ignored", extra={"cache_key": key})
+        return data
 
-    def put(self, photo_id: str, copy: bytes) -> None:
-        """Store `copy` for `photo_id`, replacing any file there (atomically)."""
-        _write_atomically(self.path_for(photo_id), _seal(copy))
+    def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key`, replacing any file there (atomically)."""
+        _write_atomically(self.path_for(key), _seal(data))
+
+
+class DisplayCache(SealedFileCache):
+    """Display copies by photo id, under `root/v<version>/ab/cd/<photo_id>.jpg`.
+
+    An original never changes, so neither does its copy until the display format does: bumping
+    `version` (service.intake.DISPLAY_COPY_VERSION) starts an empty folder beside the old one.
+    Hashing a copy of a few hundred kB costs well under a millisecond; decoding the JPEG to check
+    it would cost more and still miss damage inside the compressed data.
+    """
+
+    def __init__(self, root: Path, *, version: int) -> None:
+        super().__init__(root, version=version, suffix=".jpg", kind="display copy")
+
+
+class HeatmapCache(SealedFileCache):
+    """Heatmap overlay PNGs under `root/v<version>/ab/cd/<key>.png`, where the key is the
+    SHA-256 of everything that determines the PNG's bytes (see `service.api.runtime.heatmap_key`:
+    photo id, stored damage map, format version), so a new damage map for the same photo (another
+    claim, a model upgrade) gets its own file instead of a stale one."""
+
+    def __init__(self, root: Path, *, version: int) -> None:
+        super().__init__(root, version=version, suffix=".png", kind="heatmap")
 
 
 _SEAL_MARK = b"TRIAGE-DISPLAY-SHA256"

@@ -1,5 +1,6 @@
-"""Display copies are made once and then served from disk, with an ETag and 304 answers; the
-access checks and the answer for a damaged original are what they were without the cache."""
+"""Display copies and heatmap PNGs are made once and then served from disk, with an ETag and 304
+answers; the access checks and the answer for a damaged original are what they were without the
+cache. A heatmap is keyed by its photo AND the stored damage map."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from pathlib import Path
 import pytest
 from api_server import ApiServer
 from PIL import Image
+from sqlalchemy import update
 from test_api import assert_problem, files, new_claim, new_listing, plain_jpeg, red_patch_jpeg
 
 from service.api.routes import photos as photos_route
-from service.api.routes.photos import display_etag, etag_matches
+from service.api.routes.photos import display_etag, etag_matches, heatmap_etag
+from service.api.runtime import HEATMAP_FORMAT_VERSION, Runtime, heatmap_key
+from service.db.models import ClaimPhoto
+from service.db.session import make_engine, make_session_factory, transaction
 from service.intake import DISPLAY_COPY_VERSION, display_copy
-from service.store import DisplayCache, PhotoStore
+from service.store import DisplayCache, HeatmapCache, PhotoNotFound, PhotoStore
 
 
 @pytest.fixture
@@ -29,6 +34,39 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
     monkeypatch.setattr(photos_route, "display_copy", counting_display_copy)
     yield made
+
+
+@pytest.fixture
+def heatmap_renders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Counts heatmap PNGs rendered by the route (the server runs in this process)."""
+    made: list[str] = []
+    render = Runtime.render_heatmap
+
+    def counting_render(self: Runtime, original: bytes, damage_map: list[list[float]]) -> bytes:
+        made.append("heatmap")
+        return render(self, original, damage_map)
+
+    monkeypatch.setattr(Runtime, "render_heatmap", counting_render)
+    yield made
+
+
+def heatmap_cache_of(server: ApiServer) -> HeatmapCache:
+    return HeatmapCache(server.settings.heatmap_dir, version=HEATMAP_FORMAT_VERSION)
+
+
+def set_damage_map(server: ApiServer, photo_id: str, damage_map: list[list[float]]) -> None:
+    """Replace the stored damage map of every evidence row of this photo (as a re-assessment
+    with another model would)."""
+    engine = make_engine(server.settings.resolved_database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            session.execute(
+                update(ClaimPhoto)
+                .where(ClaimPhoto.photo_id == photo_id)
+                .values(damage_map=damage_map)
+            )
+    finally:
+        engine.dispose()
 
 
 def cache_of(server: ApiServer) -> DisplayCache:
@@ -157,6 +195,178 @@ def test_a_damaged_original_is_withheld_cached_or_not(
             original.write_bytes(pristine)
     assert not cache_of(api_server).path_for(uncached["photo_id"]).exists()
     assert len(renders) == 1
+
+
+# --- heatmaps -------------------------------------------------------------------------------------
+
+
+def test_second_heatmap_get_is_served_from_the_cache(
+    api_server: ApiServer, heatmap_renders: list[str]
+) -> None:
+    photo = upload_evidence(api_server, seed=300)
+    cache = heatmap_cache_of(api_server)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        first = buyer.get(photo["heatmap_url"])
+        assert first.status_code == 200 and len(heatmap_renders) == 1
+        second = buyer.get(photo["heatmap_url"])
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        third = reviewer.get(photo["heatmap_url"])
+    assert len(heatmap_renders) == 1
+    assert second.status_code == third.status_code == 200
+    assert first.content == second.content == third.content
+    assert second.content.startswith(b"\x89PNG")
+    assert second.headers["content-type"] == "image/png"
+    etag = second.headers["etag"]
+    assert etag == first.headers["etag"] == third.headers["etag"]
+    assert etag.startswith('"heatmap-') and not etag.startswith("W/")
+    cache_key = etag.strip('"').removeprefix("heatmap-")
+    assert cache.path_for(cache_key).is_file() and cache.get(cache_key) == first.content
+    assert second.headers["cache-control"] == first.headers["cache-control"]
+
+
+def test_heatmap_if_none_match_gets_304_without_the_image(
+    api_server: ApiServer, heatmap_renders: list[str]
+) -> None:
+    photo = upload_evidence(api_server, seed=310)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        etag = buyer.get(photo["heatmap_url"]).headers["etag"]
+        for header in (etag, f"W/{etag}", f'"something-else", {etag}', "*"):
+            response = buyer.get(photo["heatmap_url"], headers={"If-None-Match": header})
+            assert response.status_code == 304, header
+            assert response.content == b""
+            assert response.headers["etag"] == etag
+            assert "private" in response.headers["cache-control"]
+        stale = buyer.get(photo["heatmap_url"], headers={"If-None-Match": '"heatmap-older"'})
+    assert stale.status_code == 200 and stale.headers["etag"] == etag
+    assert len(heatmap_renders) == 1
+
+
+def test_a_new_damage_map_gives_a_new_heatmap_and_etag(
+    api_server: ApiServer, heatmap_renders: list[str]
+) -> None:
+    photo = upload_evidence(api_server, seed=320)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        before = buyer.get(photo["heatmap_url"])
+        assert before.status_code == 200 and len(heatmap_renders) == 1
+        # The URL's content can change, so browsers must revalidate rather than keep it a day.
+        assert before.headers["cache-control"] == "private, no-cache"
+        # Same photo, another damage map (a model upgrade re-assessed it): no stale PNG.
+        set_damage_map(api_server, photo["photo_id"], [[0.9] * 7 for _ in range(7)])
+        after = buyer.get(photo["heatmap_url"])
+        assert after.status_code == 200 and len(heatmap_renders) == 2
+        assert after.headers["etag"] != before.headers["etag"]
+        assert after.content != before.content
+        # The old ETag no longer earns a 304; the new one does, and the new PNG is cached.
+        old = buyer.get(photo["heatmap_url"], headers={"If-None-Match": before.headers["etag"]})
+        assert old.status_code == 200 and old.content == after.content
+        new = buyer.get(photo["heatmap_url"], headers={"If-None-Match": after.headers["etag"]})
+        assert new.status_code == 304
+    assert len(heatmap_renders) == 2
+
+
+def test_heatmap_access_is_checked_before_anything_is_read(
+    api_server: ApiServer, heatmap_renders: list[str]
+) -> None:
+    photo = upload_evidence(api_server, seed=330)
+    with api_server.client(api_server.keys["other_buyer"]) as stranger:
+        assert_problem(stranger.get(photo["heatmap_url"]), 404, "photo_not_found")
+    assert heatmap_renders == []
+    with api_server.client(api_server.keys["buyer"]) as owner:
+        etag = owner.get(photo["heatmap_url"]).headers["etag"]
+    with api_server.client(api_server.keys["other_buyer"]) as stranger:
+        assert_problem(stranger.get(photo["heatmap_url"]), 404, "photo_not_found")
+        # Knowing the ETag does not help: no 304 for a photo the caller may not see.
+        refused = stranger.get(photo["heatmap_url"], headers={"If-None-Match": etag})
+        assert_problem(refused, 404, "photo_not_found")
+    with api_server.client() as anonymous:
+        assert_problem(anonymous.get(photo["heatmap_url"]), 401, "missing_api_key")
+    with api_server.client(api_server.keys["admin"]) as admin:
+        assert_problem(admin.get(photo["heatmap_url"]), 403, "forbidden_role")
+    assert len(heatmap_renders) == 1
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda data: data[: len(data) // 2], id="truncated"),
+        pytest.param(lambda data: b"", id="empty"),
+        pytest.param(
+            lambda data: data[:100] + bytes([data[100] ^ 0xFF]) + data[101:], id="bit flip"
+        ),
+        pytest.param(lambda data: data[:-60], id="trailer cut"),
+    ],
+)
+def test_a_damaged_heatmap_file_is_detected_and_rebuilt(
+    api_server: ApiServer, heatmap_renders: list[str], damage
+) -> None:
+    photo = upload_evidence(api_server, seed=340)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        good = buyer.get(photo["heatmap_url"])
+        made = len(heatmap_renders)  # 1, or 0 when an earlier case already cached it
+        cache_key = good.headers["etag"].strip('"').removeprefix("heatmap-")
+        path = heatmap_cache_of(api_server).path_for(cache_key)
+        intact = path.read_bytes()
+        path.write_bytes(damage(intact))
+        again = buyer.get(photo["heatmap_url"])
+    assert again.status_code == 200 and again.content == good.content
+    assert again.headers["etag"] == good.headers["etag"]
+    assert len(heatmap_renders) == made + 1
+    assert path.read_bytes() == intact
+
+
+def test_a_damaged_original_withholds_the_heatmap_cached_or_not(
+    api_server: ApiServer, heatmap_renders: list[str]
+) -> None:
+    cached = upload_evidence(api_server, seed=350)
+    uncached = upload_evidence(api_server, seed=360)
+    store = PhotoStore(api_server.settings.photos_dir)
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        etag = reviewer.get(cached["heatmap_url"]).headers["etag"]
+        for photo in (cached, uncached):
+            original = store.path_for(photo["photo_id"])
+            pristine = original.read_bytes()
+            original.write_bytes(pristine[:-1] + bytes([pristine[-1] ^ 1]))
+            try:
+                assert_problem(reviewer.get(photo["heatmap_url"]), 500, "photo_corrupted")
+                conditional = reviewer.get(photo["heatmap_url"], headers={"If-None-Match": etag})
+                assert_problem(conditional, 500, "photo_corrupted")
+            finally:
+                original.write_bytes(pristine)
+            original.unlink()
+            assert_problem(reviewer.get(photo["heatmap_url"]), 404, "photo_not_found")
+            original.write_bytes(pristine)
+    assert len(heatmap_renders) == 1
+
+
+def test_heatmap_key_covers_what_determines_the_png(tmp_path: Path) -> None:
+    photo_id, other = "ab" * 32, "cd" * 32
+    damage_map = [[0.1, 0.2], [0.3, 0.4]]
+    key = heatmap_key(photo_id, damage_map, 224)
+    assert key == heatmap_key(photo_id, [[0.1, 0.2], [0.3, 0.4]], 224)
+    assert (
+        len(
+            {
+                key,
+                heatmap_key(other, damage_map, 224),
+                heatmap_key(photo_id, [[0.1, 0.2], [0.3, 0.5]], 224),
+                heatmap_key(photo_id, damage_map, 256),
+            }
+        )
+        == 4
+    )
+    assert heatmap_etag(key) == f'"heatmap-{key}"'
+    cache = HeatmapCache(tmp_path, version=1)
+    assert cache.get(key) is None
+    cache.put(key, b"\x89PNG one")
+    assert cache.get(key) == b"\x89PNG one"
+    assert cache.path_for(key).relative_to(tmp_path).parts == (
+        "v1",
+        key[:2],
+        key[2:4],
+        f"{key}.png",
+    )
+    with pytest.raises(PhotoNotFound):
+        cache.path_for("../" + key[3:])
 
 
 # --- the cache and the ETag on their own ---------------------------------------------------------

@@ -6,13 +6,16 @@ misconfiguration (bad database URL, missing model) stops start-up instead of the
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
@@ -31,11 +34,24 @@ from service.duplicates import DuplicateIndex, evidence_ref, parse_hashes
 from service.engine import ModelCard, ScoringEngine
 from service.intake import DISPLAY_COPY_VERSION, Photo, open_photo
 from service.policy import PolicyConfig
-from service.store import DisplayCache, PhotoStore
+from service.store import DisplayCache, HeatmapCache, PhotoStore
 
 logger = logging.getLogger("service.api")
 # Decoded listing images kept for mismatch and reuse checks (about 0.6 MB each at 448 px).
 LISTING_PHOTO_CACHE = 64
+# The heatmap PNG's format: bump it with any change to how `render_heatmap` draws or encodes the
+# overlay (colours, opacity, resampling, PNG settings), so cached PNGs and their ETags are renewed.
+HEATMAP_FORMAT_VERSION = 1
+
+
+def heatmap_key(photo_id: str, damage_map: list[Any], input_size: int) -> str:
+    """SHA-256 hex of everything that determines a heatmap PNG's bytes: the format version, the
+    model input size the map is laid out on, the photo id and the stored damage map as canonical
+    JSON (the same photo can be evidence in several claims, and a model upgrade changes the map).
+    """
+    canonical = json.dumps(damage_map, separators=(",", ":"), sort_keys=True)
+    material = f"heatmap-v{HEATMAP_FORMAT_VERSION}\n{input_size}\n{photo_id}\n{canonical}"
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 @dataclass
@@ -45,6 +61,7 @@ class Runtime:
     sessions: sessionmaker[Session]
     store: PhotoStore
     display_copies: DisplayCache
+    heatmaps: HeatmapCache
     batcher: MicroBatcher
     assessor: Assessor
     policy: PolicyConfig
@@ -75,6 +92,7 @@ class Runtime:
             sessions=sessions,
             store=PhotoStore(settings.photos_dir),
             display_copies=DisplayCache(settings.display_dir, version=DISPLAY_COPY_VERSION),
+            heatmaps=HeatmapCache(settings.heatmap_dir, version=HEATMAP_FORMAT_VERSION),
             batcher=batcher,
             assessor=Assessor(batcher),
             policy=policy,
@@ -134,6 +152,10 @@ class Runtime:
             while len(self._listing_photos) > LISTING_PHOTO_CACHE:
                 self._listing_photos.popitem(last=False)
         return photo
+
+    def heatmap_key(self, photo_id: str, damage_map: list[Any]) -> str:
+        """The cache key (and ETag material) of this photo's heatmap with this damage map."""
+        return heatmap_key(photo_id, damage_map, self.batcher.engine.input_spec.size)
 
     def render_heatmap(self, original: bytes, damage_map: list[list[float]]) -> bytes:
         """PNG of the photo (as the model saw it) with the stored damage map laid over it."""

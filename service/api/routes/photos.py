@@ -4,6 +4,10 @@ A display copy is encoded on the first request for it and served from `Runtime.d
 after that (photos are content-addressed, so the copy of a photo id never changes while the
 display format stays the same). Its ETag names the photo id and that format's version, so a
 client revalidating with If-None-Match gets a 304 without a byte of the image.
+
+A heatmap PNG is cached the same way in `Runtime.heatmaps`, keyed by the SHA-256 of what
+determines its bytes (`Runtime.heatmap_key`: photo id, the stored damage map, format version), so
+a new damage map for the same photo (another claim, a model upgrade) gets a new file and ETag.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ NOT_MODIFIED_RESPONSE = {"description": "Not modified: If-None-Match names the c
 PNG_RESPONSE = {"content": {"image/png": {}}, "description": "PNG heatmap overlay"}
 # Content-addressed, so a photo id's bytes never change; private because evidence is personal.
 _CACHE = "private, max-age=86400, immutable"
+# A heatmap's URL shows whatever damage map is stored now (a rescore changes it), so browsers
+# revalidate it every time; the ETag makes that a cheap 304.
+_HEATMAP_CACHE = "private, no-cache"
 
 
 def photo_not_found(photo_id: str) -> ProblemError:
@@ -111,13 +118,24 @@ def get_photo(
     return Response(copy, media_type="image/jpeg", headers=headers)
 
 
+def heatmap_etag(key: str) -> str:
+    """Strong ETag of a heatmap PNG: `key` (Runtime.heatmap_key) hashes everything that
+    determines its bytes, which are read from the cache once rendered."""
+    return f'"heatmap-{key}"'
+
+
 @router.get(
     "/{photo_id}/heatmap.png",
     response_class=Response,
-    responses={200: PNG_RESPONSE, **PROBLEMS},
+    responses={200: PNG_RESPONSE, 304: NOT_MODIFIED_RESPONSE, **PROBLEMS},
     summary="The model's damage heatmap over the photo",
 )
-def get_heatmap(photo_id: PhotoId, runtime: RuntimeDep, key: BuyerOrReviewerKey) -> Response:
+def get_heatmap(
+    photo_id: PhotoId,
+    runtime: RuntimeDep,
+    key: BuyerOrReviewerKey,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
     owner = None if key.role == Role.reviewer else key.key_id
     with runtime.sessions() as session:
         evidence: ClaimPhoto | None = crud.claim_photo_for_heatmap(
@@ -125,5 +143,18 @@ def get_heatmap(photo_id: PhotoId, runtime: RuntimeDep, key: BuyerOrReviewerKey)
         )
     if evidence is None or evidence.damage_map is None:
         raise photo_not_found(photo_id)
-    png = runtime.render_heatmap(_original(runtime, photo_id), evidence.damage_map)
-    return Response(png, media_type="image/png", headers={"Cache-Control": _CACHE})
+    # As for the display copy: the original is read and hash-checked on every request, so a
+    # damaged original is withheld (500) whether or not its heatmap is cached.
+    original = _original(runtime, photo_id)
+    cache_key = runtime.heatmap_key(photo_id, evidence.damage_map)
+    headers = {"Cache-Control": _HEATMAP_CACHE, "ETag": heatmap_etag(cache_key)}
+    if if_none_match is not None and etag_matches(if_none_match, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    png = runtime.heatmaps.get(cache_key)
+    if png is None:
+        png = runtime.render_heatmap(original, evidence.damage_map)
+        try:
+            runtime.heatmaps.put(cache_key, png)
+        except OSError:
+            logger.warning("heatmap not cached", extra={"photo_id": photo_id}, exc_info=True)
+    return Response(png, media_type="image/png", headers=headers)
