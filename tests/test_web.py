@@ -7,6 +7,7 @@ Screenshots go to pytest's tmp folder (or TRIAGE_WEB_SCREENSHOTS, to look at the
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -285,24 +286,28 @@ def test_a_key_pressed_while_the_next_claim_loads_decides_nothing(
     first, second = (claim["claim_id"] for claim in api_queue(server)[:2])
     before = {claim_id: api_audit(server, claim_id) for claim_id in (first, second)}
     page = open_page()
+    # Hold the second claim's responses so that it is still loading when the key is pressed.
+    # Routed before anything loads: a request for it can never slip out ahead of the route.
+    held: list[Any] = []
+    page.route(f"**/v1/claims/{second}", lambda route: held.append(route))
     sign_in(page, server.keys["reviewer"])
     page.locator("#queue-list .queue-item").first.wait_for()
     page.keyboard.press("j")
     page.locator("#detail-body .detail-sub", has_text=first).wait_for()
 
-    # Hold the second claim's response so that it is still loading when the key is pressed.
-    held: list[Any] = []
-    page.route(f"**/v1/claims/{second}", lambda route: held.append(route))
     page.keyboard.press("j")
     page.wait_for_function(
         "id => document.querySelector('.queue-item[aria-current=\"true\"]').dataset.claimId === id",
         arg=second,
     )
+    deadline = time.monotonic() + WAIT_MS / 1000
     while not held:
+        assert time.monotonic() < deadline, "the second claim was never requested"
         page.wait_for_timeout(20)
     page.keyboard.press("4")
     page.locator(".toast", has_text="still loading").wait_for()
-    held[0].continue_()
+    for route in held:
+        route.continue_()
     page.locator("#detail-body .detail-sub", has_text=second).wait_for()
     assert {claim_id: api_audit(server, claim_id) for claim_id in (first, second)} == before
 
