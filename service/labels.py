@@ -19,8 +19,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +28,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import crud
-from service.store import PhotoCorrupted, PhotoNotFound, PhotoStore
+from service.store import PhotoCorrupted, PhotoNotFound, PhotoStore, write_atomically
 
 MANIFEST_NAME = "labels.csv"
 PHOTOS_FOLDER = "photos"
@@ -46,6 +44,7 @@ COLUMNS = (
 # File extension per stored format (service.intake.SUPPORTED_FORMATS).
 EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic"}
 LABEL_FIELDS = ("damage", "matches_listing")
+EXPORT_MODE = 0o644  # the export is for others (a training job, a colleague) to read
 
 
 @dataclass(frozen=True)
@@ -176,7 +175,7 @@ def export_labels(
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomically(summary.manifest, buffer.getvalue().encode())
+    write_atomically(summary.manifest, buffer.getvalue().encode(), mode=EXPORT_MODE)
     summary.rows = len(rows)
     return summary
 
@@ -207,7 +206,7 @@ def _copy_photo(
             return _skip(photo_id, "its bytes are missing from the photo store", summary, warn)
         except PhotoCorrupted:
             return _skip(photo_id, "its stored bytes no longer match its hash", summary, warn)
-        _write_atomically(target, data)
+        write_atomically(target, data, mode=EXPORT_MODE)
         summary.copied += 1
     return f"{PHOTOS_FOLDER}/{name}"
 
@@ -216,16 +215,3 @@ def _skip(photo_id: str, reason: str, summary: ExportSummary, warn: Callable[[st
     summary.skipped_photos.add(photo_id)
     warn(f"photo {photo_id} skipped: {reason}")
     return None
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """A temporary file beside `target`, renamed over it: never a half-written file."""
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; the export is for others to read
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -58,7 +58,7 @@ class PhotoStore:
         target = self.path_for(photo_id)
         if target.is_file():
             return photo_id
-        _write_atomically(target, data)
+        write_atomically(target, data)
         return photo_id
 
     def get(self, photo_id: str) -> bytes:
@@ -118,7 +118,7 @@ class SealedFileCache:
 
     def put(self, key: str, data: bytes) -> None:
         """Store `data` under `key`, replacing any file there (atomically)."""
-        _write_atomically(self.path_for(key), _seal(data))
+        write_atomically(self.path_for(key), _seal(data))
 
 
 class DisplayCache(SealedFileCache):
@@ -160,9 +160,10 @@ def _unseal(stored: bytes) -> bytes | None:
     return data if hashlib.sha256(data).digest() == digest else None
 
 
-def _write_atomically(target: Path, data: bytes) -> None:
+def write_atomically(target: Path, data: bytes, *, mode: int | None = None) -> None:
     """Temporary file in the target's folder, fsync, rename into place, fsync the folder: a
-    reader sees the old file or the whole new one, and the new name survives a crash."""
+    reader sees the old file or the whole new one, and the new name survives a crash. `mode`
+    sets the file's permissions (mkstemp makes it readable by its owner only)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
     try:
@@ -170,6 +171,8 @@ def _write_atomically(target: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temporary, mode)
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Response
@@ -27,7 +28,7 @@ from service.auth import Role
 from service.db import crud
 from service.db.models import ApiKey, ClaimPhoto
 from service.intake import display_copy
-from service.store import PhotoCorrupted, PhotoNotFound
+from service.store import PhotoCorrupted, PhotoNotFound, SealedFileCache
 
 router = APIRouter(prefix="/v1/photos", tags=["photos"])
 logger = logging.getLogger("service.api")
@@ -85,6 +86,30 @@ def _original(runtime: Runtime, photo_id: str) -> bytes:
         ) from None
 
 
+def _cached_response(
+    cache: SealedFileCache,
+    key: str,
+    make: Callable[[], bytes],
+    *,
+    media_type: str,
+    headers: dict[str, str],
+    if_none_match: str | None,
+    photo_id: str,
+) -> Response:
+    """304 when If-None-Match names the current ETag; otherwise the cached bytes, made and
+    stored on a miss. A full or read-only disk costs speed, not the answer: they are sent anyway."""
+    if if_none_match is not None and etag_matches(if_none_match, headers["ETag"]):
+        return Response(status_code=304, headers=headers)
+    data = cache.get(key)
+    if data is None:
+        data = make()
+        try:
+            cache.put(key, data)
+        except OSError:
+            logger.warning(f"{cache.kind} not cached", extra={"photo_id": photo_id}, exc_info=True)
+    return Response(data, media_type=media_type, headers=headers)
+
+
 @router.get(
     "/{photo_id}",
     response_class=Response,
@@ -104,18 +129,15 @@ def get_photo(
     # is current: a damaged original is withheld (500) exactly as before there was a cache.
     original = _original(runtime, photo_id)
     cache = runtime.display_copies
-    headers = {"Cache-Control": _CACHE, "ETag": display_etag(photo_id, cache.version)}
-    if if_none_match is not None and etag_matches(if_none_match, headers["ETag"]):
-        return Response(status_code=304, headers=headers)
-    copy = cache.get(photo_id)
-    if copy is None:
-        copy = display_copy(original)
-        try:
-            cache.put(photo_id, copy)
-        except OSError:
-            # A full or read-only disk costs speed, not the answer: the copy is sent anyway.
-            logger.warning("display copy not cached", extra={"photo_id": photo_id}, exc_info=True)
-    return Response(copy, media_type="image/jpeg", headers=headers)
+    return _cached_response(
+        cache,
+        photo_id,
+        lambda: display_copy(original),
+        media_type="image/jpeg",
+        headers={"Cache-Control": _CACHE, "ETag": display_etag(photo_id, cache.version)},
+        if_none_match=if_none_match,
+        photo_id=photo_id,
+    )
 
 
 def heatmap_etag(key: str) -> str:
@@ -146,15 +168,14 @@ def get_heatmap(
     # As for the display copy: the original is read and hash-checked on every request, so a
     # damaged original is withheld (500) whether or not its heatmap is cached.
     original = _original(runtime, photo_id)
-    cache_key = runtime.heatmap_key(photo_id, evidence.damage_map)
-    headers = {"Cache-Control": _HEATMAP_CACHE, "ETag": heatmap_etag(cache_key)}
-    if if_none_match is not None and etag_matches(if_none_match, headers["ETag"]):
-        return Response(status_code=304, headers=headers)
-    png = runtime.heatmaps.get(cache_key)
-    if png is None:
-        png = runtime.render_heatmap(original, evidence.damage_map)
-        try:
-            runtime.heatmaps.put(cache_key, png)
-        except OSError:
-            logger.warning("heatmap not cached", extra={"photo_id": photo_id}, exc_info=True)
-    return Response(png, media_type="image/png", headers=headers)
+    damage_map = evidence.damage_map
+    cache_key = runtime.heatmap_key(photo_id, damage_map)
+    return _cached_response(
+        runtime.heatmaps,
+        cache_key,
+        lambda: runtime.render_heatmap(original, damage_map),
+        media_type="image/png",
+        headers={"Cache-Control": _HEATMAP_CACHE, "ETag": heatmap_etag(cache_key)},
+        if_none_match=if_none_match,
+        photo_id=photo_id,
+    )
