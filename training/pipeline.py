@@ -10,6 +10,7 @@ the cached prefix features."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -48,7 +49,6 @@ from training.train import (
     predict_cache,
 )
 
-VARIANTS = ("model", "baseline")
 SHIPPED_FILE = "model.onnx"  # in the run directory: the file `release` copies into models/
 RENDER_BATCH = 32
 PARITY_TOLERANCE = 1e-4
@@ -65,14 +65,10 @@ def _json(path: Path, value: Any | None = None) -> Any:
     return value
 
 
-def trained_models(config: TrainConfig) -> dict[str, EvidenceNet]:
-    models = {}
-    for variant in VARIANTS:
-        variant_config = TrainConfig.from_dict(
-            {**config.to_dict(), "fine_tune": variant == "model"}
-        )
-        models[variant], _, _ = load_model(checkpoint_path(variant_config))
-    return models
+def load_baseline(config: TrainConfig) -> EvidenceNet:
+    """The frozen-trunk baseline; the fine-tuned model is scored through its shipped file."""
+    model, _, _ = load_model(checkpoint_path(dataclasses.replace(config, fine_tune=False)))
+    return model
 
 
 def listing_copies(image: Image.Image) -> list[Image.Image]:
@@ -118,17 +114,33 @@ def shipped_predictor(config: TrainConfig) -> Predictor:
     return onnx_predictor(path, config.threads)
 
 
+def _joined(parts: list[Outputs]) -> Outputs:
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
 def predict_images(predict: Predictor, images: Sequence[np.ndarray]) -> Outputs:
     """Model inputs (3, 224, 224 each) scored in batches."""
-    parts = [
-        predict(np.stack(images[start : start + RENDER_BATCH]))
-        for start in range(0, len(images), RENDER_BATCH)
-    ]
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    return _joined(
+        [
+            predict(np.stack(images[start : start + RENDER_BATCH]))
+            for start in range(0, len(images), RENDER_BATCH)
+        ]
+    )
 
 
 def predict_rendered(predict: Predictor, rendered: Sequence[Rendered]) -> Outputs:
     return predict_images(predict, [item.image for item in rendered])
+
+
+def predict_samples(predict: Predictor, samples: Sequence[Sample]) -> Outputs:
+    """Render and score samples a batch at a time: a held-out split rendered at once would hold
+    about 1 GB of model inputs."""
+    return _joined(
+        [
+            predict_rendered(predict, [render(s) for s in samples[start : start + RENDER_BATCH]])
+            for start in range(0, len(samples), RENDER_BATCH)
+        ]
+    )
 
 
 def copy_similarities(predict: Predictor, listing_paths: list[Path]) -> np.ndarray:
@@ -147,10 +159,9 @@ def calibrate(config: TrainConfig) -> dict[str, Any]:
     splits = make_splits(
         Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
     )
-    baseline = trained_models(config)["baseline"]
+    baseline = load_baseline(config)
+    # The prefix cache was rendered from the same samples: its labels are theirs.
     cache, samples = data_caches(config, baseline, splits, "val")
-    rendered = [render(sample) for sample in samples]
-    labels = np.array([item.damage for item in rendered])
     val_listings = [
         listing.path
         for listing in splits.listings
@@ -158,13 +169,13 @@ def calibrate(config: TrainConfig) -> dict[str, Any]:
     ]
     shipped = shipped_predictor(config)
     scored = {
-        "model": (predict_rendered(shipped, rendered), shipped),
+        "model": (predict_samples(shipped, samples), shipped),
         "baseline": (predict_cache(baseline, cache), torch_predictor(baseline)),
     }
     result = {}
     for variant, (outputs, predict) in scored.items():
         calibration, thresholds, details = fit_calibration(
-            samples, labels, outputs, splits, copy_similarities(predict, val_listings)
+            samples, cache.damage.numpy(), outputs, splits, copy_similarities(predict, val_listings)
         )
         result[variant] = {
             "calibration": calibration.__dict__,
@@ -185,15 +196,14 @@ def evaluate(config: TrainConfig) -> dict[str, Any]:
         Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
     )
     calibrations = _json(Path(config.run_dir) / "calibration.json")
-    baseline = trained_models(config)["baseline"]
+    baseline = load_baseline(config)
     cache, samples = data_caches(config, baseline, splits, "test")
-    rendered = [render(sample) for sample in samples]
     tiles = tile_samples(Path(config.data_root), config.tiles_intact_limit, config.eval_limit)
     tiles_rendered = [render(sample) for sample in tiles]
     tiles_cache = build_prefix_cache(baseline, tiles, "tiles")
     shipped = shipped_predictor(config)
     scored = {
-        "model": (predict_rendered(shipped, rendered), predict_rendered(shipped, tiles_rendered)),
+        "model": (predict_samples(shipped, samples), predict_rendered(shipped, tiles_rendered)),
         "baseline": (predict_cache(baseline, cache), predict_cache(baseline, tiles_cache)),
     }
     report: dict[str, Any] = {
@@ -209,8 +219,8 @@ def evaluate(config: TrainConfig) -> dict[str, Any]:
         entry = calibrations[variant]
         figures = heldout_figures(
             samples,
-            np.array([item.damage for item in rendered]),
-            [item.kinds for item in rendered],
+            cache.damage.numpy(),
+            cache.kinds_drawn,
             outputs,
             splits,
             _calibration(entry),
