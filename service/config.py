@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         return self.data_dir / "heatmaps"
 
     @property
+    def refresh_lock_path(self) -> Path:
+        """Held by the process running a background triage refresh round, so that of several
+        processes serving this data folder only one runs each round."""
+        return self.data_dir / "triage-refresh.lock"
+
+    @property
     def resolved_database_url(self) -> str:
         assert self.database_url is not None  # set by _resolve_paths
         return self.database_url

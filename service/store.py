@@ -9,7 +9,8 @@ instead of being shown to a reviewer as evidence.
 `DisplayCache` keeps the display copy made from each original (see `service.intake.display_copy`)
 so that it is encoded once, not on every request; `HeatmapCache` does the same for the heatmap
 overlay PNGs. Both are a `SealedFileCache`: written the same way, and each file carries the
-SHA-256 of its data, so a damaged cache file is noticed and made again.
+SHA-256 of its data, so a damaged cache file is noticed and made again. A heatmap's key starts
+with its photo id, so the PNGs of a photo whose damage map was replaced can be found and deleted.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _PHOTO_ID = re.compile(r"^[0-9a-f]{64}$")
+_HEATMAP_KEY = re.compile(r"^[0-9a-f]{64}-[0-9a-f]{64}$")
 logger = logging.getLogger("service.store")
 
 
@@ -36,6 +38,19 @@ class PhotoCorrupted(RuntimeError):
 
 def is_photo_id(candidate: str) -> bool:
     return bool(_PHOTO_ID.match(candidate))
+
+
+def heatmap_cache_key(photo_id: str, digest: str) -> str:
+    """`<photo_id>-<digest>`: the photo first, so its heatmaps share a folder and a name prefix."""
+    return f"{photo_id}-{digest}"
+
+
+def is_heatmap_key(candidate: str) -> bool:
+    return bool(_HEATMAP_KEY.match(candidate))
+
+
+def photo_of_heatmap_key(key: str) -> str:
+    return key.partition("-")[0]
 
 
 class PhotoStore:
@@ -79,8 +94,9 @@ class SealedFileCache:
     by a trailer, the SHA-256 of the data and a marker, which image viewers ignore. `get` checks
     it, so a truncated or damaged file counts as missing and the caller makes and stores the data
     again. Bumping `version` starts an empty folder beside the old one, which can then be
-    deleted. Keys must pass `is_key` (64 hex digits here: a photo id or a SHA-256 of what
-    determines the file); any other key raises PhotoNotFound, so it never reaches a path.
+    deleted. Keys must pass `is_key` (a photo id by default; `is_heatmap_key`, a photo id and a
+    SHA-256 joined by `-`, for heatmaps) and their first four digits pick the fan-out folders;
+    any other key raises PhotoNotFound, so it never reaches a path.
     """
 
     def __init__(
@@ -120,6 +136,15 @@ class SealedFileCache:
         """Store `data` under `key`, replacing any file there (atomically)."""
         write_atomically(self.path_for(key), _seal(data))
 
+    def discard(self, key: str) -> bool:
+        """Delete the file under `key`; whether there was one. A reader that already opened it
+        still reads it whole (POSIX unlink); a later one misses and makes the data again."""
+        try:
+            self.path_for(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
 
 class DisplayCache(SealedFileCache):
     """Display copies by photo id, under `root/v<version>/ab/cd/<photo_id>.jpg`.
@@ -135,13 +160,31 @@ class DisplayCache(SealedFileCache):
 
 
 class HeatmapCache(SealedFileCache):
-    """Heatmap overlay PNGs under `root/v<version>/ab/cd/<key>.png`, where the key is the
-    SHA-256 of everything that determines the PNG's bytes (see `service.api.runtime.heatmap_key`:
-    photo id, stored damage map, format version), so a new damage map for the same photo (another
-    claim, a model upgrade) gets its own file instead of a stale one."""
+    """Heatmap overlay PNGs under `root/v<version>/ab/cd/<photo_id>-<digest>.png` (ab/cd from
+    the photo id), where the digest is the SHA-256 of everything that determines the PNG's bytes
+    (see `service.api.runtime.heatmap_key`: photo id, stored damage map, format version), so a
+    new damage map for the same photo (another claim, a rescore) gets its own file instead of a
+    stale one, and `keys_of` finds every PNG of a photo with one folder listing."""
 
     def __init__(self, root: Path, *, version: int) -> None:
-        super().__init__(root, version=version, suffix=".png", kind="heatmap")
+        super().__init__(
+            root, version=version, suffix=".png", kind="heatmap", is_key=is_heatmap_key
+        )
+
+    def keys_of(self, photo_id: str) -> list[str]:
+        """The keys of this photo's cached PNGs."""
+        if not is_photo_id(photo_id):
+            raise PhotoNotFound(photo_id)
+        folder = self.root / photo_id[:2] / photo_id[2:4]
+        return self._keys(folder.glob(f"{photo_id}-*{self.suffix}"))
+
+    def keys(self) -> list[str]:
+        """The keys of every cached PNG (temporary files of writes in progress are not keys)."""
+        return self._keys(self.root.glob(f"*/*/*{self.suffix}"))
+
+    def _keys(self, paths: Iterator[Path]) -> list[str]:
+        names = (path.name.removesuffix(self.suffix) for path in paths)
+        return sorted(name for name in names if self.is_key(name))
 
 
 _SEAL_MARK = b"TRIAGE-DISPLAY-SHA256"

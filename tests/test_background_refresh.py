@@ -1,10 +1,13 @@
 """The background triage refresh: stale claims are re-triaged without a queue read paying for it,
-the loop survives a failed round and stops cleanly, and queue reads refresh only what it missed."""
+the loop survives a failed round and stops cleanly, one refresher at a time runs a round on a data
+folder, and queue reads refresh only what it missed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -20,7 +23,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.api.app import create_app
-from service.api.refresher import BackgroundRefresher
+from service.api.refresher import BackgroundRefresher, round_lock
 from service.auth import Role
 from service.config import Settings
 from service.db import crud
@@ -45,7 +48,7 @@ def poll(condition: Callable[[], bool], *, limit: float = POLL_LIMIT_S) -> bool:
 
 
 def test_a_failed_round_is_logged_and_the_next_one_still_runs(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     calls: list[int] = []
 
@@ -56,7 +59,7 @@ def test_a_failed_round_is_logged_and_the_next_one_still_runs(
         return 3
 
     async def scenario() -> None:
-        refresher = BackgroundRefresher(refresh, interval=0.01)
+        refresher = BackgroundRefresher(refresh, interval=0.01, lock_path=tmp_path / "lock")
         refresher.start()
         deadline = time.monotonic() + POLL_LIMIT_S
         while len(calls) < 3 and time.monotonic() < deadline:
@@ -74,13 +77,13 @@ def test_a_failed_round_is_logged_and_the_next_one_still_runs(
 
 
 def test_stop_ends_a_sleeping_loop_at_once_and_leaves_no_task(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     def refresh(should_stop: Callable[[], bool]) -> int:
         raise AssertionError("no round is due within an hour")
 
     async def scenario() -> None:
-        refresher = BackgroundRefresher(refresh, interval=3600)
+        refresher = BackgroundRefresher(refresh, interval=3600, lock_path=tmp_path / "lock")
         refresher.start()
         await asyncio.sleep(0.01)
         assert refresher.running
@@ -97,7 +100,7 @@ def test_stop_ends_a_sleeping_loop_at_once_and_leaves_no_task(
     assert not [r for r in caplog.records if r.name == "asyncio"]
 
 
-def test_stop_waits_for_a_round_in_progress_and_asks_it_to_stop() -> None:
+def test_stop_waits_for_a_round_in_progress_and_asks_it_to_stop(tmp_path: Path) -> None:
     """A round is not cancelled under its thread (which would go on using the database while
     the app closes it): `stop` tells it to stop between chunks and waits for it."""
     in_round = threading.Event()
@@ -109,7 +112,7 @@ def test_stop_waits_for_a_round_in_progress_and_asks_it_to_stop() -> None:
         return 0
 
     async def scenario() -> None:
-        refresher = BackgroundRefresher(refresh, interval=0.01)
+        refresher = BackgroundRefresher(refresh, interval=0.01, lock_path=tmp_path / "lock")
         refresher.start()
         assert await asyncio.to_thread(in_round.wait, POLL_LIMIT_S)
         await refresher.stop()
@@ -129,7 +132,109 @@ def test_interval_setting_defaults_to_half_the_refresh_age_and_must_be_positive(
         with pytest.raises(ValidationError):
             Settings(data_dir=tmp_path, triage_refresh_interval_seconds=bad)
     with pytest.raises(ValueError):
-        BackgroundRefresher(lambda should_stop: 0, interval=0)
+        BackgroundRefresher(lambda should_stop: 0, interval=0, lock_path=tmp_path / "lock")
+
+
+# --- one round at a time per data folder --------------------------------------------------------
+
+# Tries the lock from another process, as a second `triage serve` worker would.
+OTHER_PROCESS = """
+import sys
+from pathlib import Path
+from service.api.refresher import round_lock
+with round_lock(Path(sys.argv[1])) as acquired:
+    print(acquired)
+"""
+
+
+def lock_taken_by_another_process(path: Path) -> bool:
+    result = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return {"True": True, "False": False}[result.stdout.strip()]
+
+
+def test_the_round_lock_admits_one_holder_and_is_released_however_the_round_ends(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "triage-refresh.lock"
+    with round_lock(path) as first:
+        assert first
+        # Another open of the same file, in this process or another, does not get it.
+        with round_lock(path) as second:
+            assert not second
+        assert not lock_taken_by_another_process(path)
+    assert lock_taken_by_another_process(path)
+    with pytest.raises(RuntimeError, match="round failed"), round_lock(path) as held:
+        assert held
+        raise RuntimeError("round failed")
+    with round_lock(path) as after_failure:
+        assert after_failure
+    assert path.is_file()  # kept: deleting it could let two holders in at once
+
+
+class SetOnMessage(logging.Handler):
+    """Sets `event` when a record's message starts with `prefix`."""
+
+    def __init__(self, prefix: str, event: threading.Event) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.prefix = prefix
+        self.event = event
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            self.event.set()
+
+
+def test_of_two_refreshers_on_one_folder_one_runs_the_round_and_the_other_skips(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lock_path = tmp_path / "triage-refresh.lock"
+    first_in_round, release_first = threading.Event(), threading.Event()
+    second_skipped, second_ran = threading.Event(), threading.Event()
+    second_ran_while_first_held: list[bool] = []
+
+    def first_refresh(should_stop: Callable[[], bool]) -> int:
+        first_in_round.set()
+        release_first.wait(POLL_LIMIT_S)  # holds the lock until the test lets go
+        return 0
+
+    def second_refresh(should_stop: Callable[[], bool]) -> int:
+        second_ran_while_first_held.append(not release_first.is_set())
+        second_ran.set()
+        return 0
+
+    async def scenario() -> None:
+        first = BackgroundRefresher(first_refresh, interval=0.01, lock_path=lock_path)
+        second = BackgroundRefresher(second_refresh, interval=0.01, lock_path=lock_path)
+        first.start()
+        assert await asyncio.to_thread(first_in_round.wait, POLL_LIMIT_S)
+        second.start()
+        # The first round holds the lock in its thread; the event loop, not blocked by it,
+        # runs the second refresher's rounds, which skip.
+        assert await asyncio.to_thread(second_skipped.wait, POLL_LIMIT_S)
+        assert second.skipped >= 1 and not second_ran.is_set()
+        release_first.set()
+        assert await asyncio.to_thread(second_ran.wait, POLL_LIMIT_S)
+        await first.stop()
+        await second.stop()
+
+    logger = logging.getLogger("service.api")
+    handler = SetOnMessage("triage refresh skipped", second_skipped)
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="service.api"):
+            asyncio.run(scenario())
+    finally:
+        logger.removeHandler(handler)
+    assert second_ran_while_first_held and not any(second_ran_while_first_held)
+    skips = [r for r in caplog.records if r.message.startswith("triage refresh skipped")]
+    assert skips and all(r.levelno == logging.DEBUG for r in skips)
+    assert all(getattr(r, "lock_path", None) == str(lock_path) for r in skips)
 
 
 # --- in the app ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.auth import Role
 from service.db import crud
 from service.db.migrate import alembic_config, upgrade_to_head
-from service.db.models import AuditEvent, Base, Photo
+from service.db.models import AuditEvent, Base, Claim, Photo
 from service.db.session import make_engine, make_session_factory, transaction
+from service.policy import Triage
 
 NOW = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -138,6 +140,53 @@ def test_datetimes_come_back_timezone_aware(
         claim = crud.get_claim(session, claim_id=claim_id)
         assert claim is not None
         assert claim.opened_at == opened and claim.opened_at.tzinfo is not None
+
+
+TRIAGE = Triage(
+    support=0.81,
+    sufficiency="weak",
+    lane="needs_review",
+    priority=67,
+    reasons=("escalated", "damage 0.81 on photo 1"),
+    deadline=NOW + timedelta(days=15),
+)
+
+
+def test_the_triage_mapping_covers_every_triage_field_the_claim_stores() -> None:
+    columns = crud.TriageUpdate.from_triage("clm_x", TRIAGE).columns(now=NOW)
+    # The deadline is derived from opened_at, never stored; triaged_at is when this triage was.
+    assert set(columns) == {field.name for field in fields(Triage)} - {"deadline"} | {"triaged_at"}
+    assert set(columns) <= set(Claim.__table__.columns.keys())
+
+
+def test_one_claim_and_a_bulk_update_store_the_same_triage(
+    sessions: sessionmaker[Session], buyer_key_id: str
+) -> None:
+    triaged_at = NOW + timedelta(minutes=5)
+    with transaction(sessions) as session:
+        one = _claim(session, buyer_key_id, "triage-one", NOW)
+        bulk = _claim(session, buyer_key_id, "triage-bulk", NOW)
+        loaded = crud.get_claim(session, claim_id=one)
+        assert loaded is not None
+        crud.set_triage(loaded, TRIAGE, now=triaged_at)
+        crud.set_triages(
+            session, updates=[crud.TriageUpdate.from_triage(bulk, TRIAGE)], now=triaged_at
+        )
+    columns = ("support", "sufficiency", "lane", "priority", "reasons", "triaged_at")
+    with sessions() as session:
+        stored = [
+            {column: getattr(session.get(Claim, claim_id), column) for column in columns}
+            for claim_id in (one, bulk)
+        ]
+    expected = {
+        "support": 0.81,
+        "sufficiency": "weak",
+        "lane": "needs_review",
+        "priority": 67,
+        "reasons": ["escalated", "damage 0.81 on photo 1"],
+        "triaged_at": triaged_at,
+    }
+    assert stored == [expected, expected]
 
 
 def test_queue_pages_are_ordered_by_priority_then_age_without_overlap(

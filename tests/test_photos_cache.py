@@ -1,6 +1,7 @@
 """Display copies and heatmap PNGs are made once and then served from disk, with an ETag and 304
 answers; the access checks and the answer for a damaged original are what they were without the
-cache. A heatmap is keyed by its photo AND the stored damage map."""
+cache. A heatmap is keyed by its photo AND the stored damage map, and the PNG of a map that is no
+longer stored is deleted (when the new one is rendered, and at start-up)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,15 @@ from service.api.runtime import HEATMAP_FORMAT_VERSION, Runtime, heatmap_key
 from service.db.models import ClaimPhoto
 from service.db.session import make_engine, make_session_factory, transaction
 from service.intake import DISPLAY_COPY_VERSION, display_copy
-from service.store import DisplayCache, HeatmapCache, PhotoNotFound, PhotoStore
+from service.store import (
+    DisplayCache,
+    HeatmapCache,
+    PhotoNotFound,
+    PhotoStore,
+    heatmap_cache_key,
+    is_heatmap_key,
+    photo_of_heatmap_key,
+)
 
 
 @pytest.fixture
@@ -54,19 +63,32 @@ def heatmap_cache_of(server: ApiServer) -> HeatmapCache:
     return HeatmapCache(server.settings.heatmap_dir, version=HEATMAP_FORMAT_VERSION)
 
 
-def set_damage_map(server: ApiServer, photo_id: str, damage_map: list[list[float]]) -> None:
-    """Replace the stored damage map of every evidence row of this photo (as a re-assessment
-    with another model would)."""
+def set_damage_map(
+    server: ApiServer,
+    photo_id: str,
+    damage_map: list[list[float]],
+    *,
+    claim_id: str | None = None,
+) -> None:
+    """Replace the stored damage map of every evidence row of this photo, or only of its row in
+    `claim_id` (as a re-assessment with another model would: a rescore)."""
+    rows = [ClaimPhoto.photo_id == photo_id]
+    if claim_id is not None:
+        rows.append(ClaimPhoto.claim_id == claim_id)
     engine = make_engine(server.settings.resolved_database_url)
     try:
         with transaction(make_session_factory(engine)) as session:
-            session.execute(
-                update(ClaimPhoto)
-                .where(ClaimPhoto.photo_id == photo_id)
-                .values(damage_map=damage_map)
-            )
+            session.execute(update(ClaimPhoto).where(*rows).values(damage_map=damage_map))
     finally:
         engine.dispose()
+
+
+def key_of(response_etag: str) -> str:
+    """The heatmap cache key a heatmap ETag names."""
+    return response_etag.strip('"').removeprefix("heatmap-")
+
+
+UNIFORM_MAP = [[0.9] * 7 for _ in range(7)]
 
 
 def cache_of(server: ApiServer) -> DisplayCache:
@@ -264,6 +286,81 @@ def test_a_new_damage_map_gives_a_new_heatmap_and_etag(
     assert len(heatmap_renders) == 2
 
 
+def test_a_rescore_deletes_the_old_heatmap_png_and_serves_the_new_one(
+    api_server: ApiServer, heatmap_renders: list[str]
+) -> None:
+    photo = upload_evidence(api_server, seed=370)
+    cache = heatmap_cache_of(api_server)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        before = buyer.get(photo["heatmap_url"])
+        old_path = cache.path_for(key_of(before.headers["etag"]))
+        assert before.status_code == 200 and old_path.is_file()
+        set_damage_map(api_server, photo["photo_id"], UNIFORM_MAP)
+        after = buyer.get(photo["heatmap_url"])
+        assert after.status_code == 200 and after.content != before.content
+        new_key = key_of(after.headers["etag"])
+        assert not old_path.exists()
+        assert cache.keys_of(photo["photo_id"]) == [new_key]
+        assert cache.get(new_key) == after.content
+        again = buyer.get(photo["heatmap_url"])
+    assert again.content == after.content and again.headers["etag"] == after.headers["etag"]
+    assert len(heatmap_renders) == 2  # the second GET of the new map is a cache hit
+
+
+def test_a_photo_in_two_claims_keeps_the_heatmap_of_each_stored_map(
+    api_server: ApiServer, heatmap_renders: list[str]
+) -> None:
+    """The owner of the older claim sees its map, a reviewer the newest claim's: both PNGs can
+    be served, so rendering one must not delete the other (nor the two keep replacing each
+    other)."""
+    evidence = red_patch_jpeg(seed=381)
+    listing_id = new_listing(api_server, plain_jpeg(seed=380))
+    claim_ids = []
+    for owner in ("buyer", "other_buyer"):
+        claim_id = new_claim(api_server, listing_id, key=api_server.keys[owner])
+        with api_server.client(api_server.keys[owner]) as client:
+            uploaded = client.post(f"/v1/claims/{claim_id}/evidence", files=files(evidence))
+        assert uploaded.status_code == 201, uploaded.text
+        claim_ids.append(claim_id)
+    photo = uploaded.json()["data"][0]
+    set_damage_map(api_server, photo["photo_id"], UNIFORM_MAP, claim_id=claim_ids[0])
+    cache = heatmap_cache_of(api_server)
+    etags = set()
+    for _ in range(2):
+        for viewer in ("buyer", "reviewer"):
+            with api_server.client(api_server.keys[viewer]) as client:
+                response = client.get(photo["heatmap_url"])
+            assert response.status_code == 200
+            etags.add(response.headers["etag"])
+    assert len(etags) == 2 and len(heatmap_renders) == 2
+    assert cache.keys_of(photo["photo_id"]) == sorted(key_of(etag) for etag in etags)
+
+
+def test_start_up_deletes_the_heatmaps_of_maps_no_longer_stored(
+    api_server: ApiServer, heatmap_renders: list[str]
+) -> None:
+    photo = upload_evidence(api_server, seed=390)
+    cache = heatmap_cache_of(api_server)
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        live = key_of(reviewer.get(photo["heatmap_url"]).headers["etag"])
+    # Left behind as by a request that raced a clean-up, or a crash: a replaced map of this
+    # photo, and a photo that is no evidence anywhere.
+    replaced = heatmap_key(photo["photo_id"], UNIFORM_MAP, 224)
+    unknown = heatmap_key("0f" * 32, UNIFORM_MAP, 224)
+    for key in (replaced, unknown):
+        cache.put(key, b"\x89PNG left behind")
+    in_progress = cache.path_for(live).with_name(".incoming-abc123")
+    in_progress.write_bytes(b"a write in progress elsewhere")
+    runtime = Runtime.start(api_server.settings)  # a restart
+    try:
+        assert not cache.path_for(replaced).exists() and not cache.path_for(unknown).exists()
+        assert cache.path_for(live).is_file() and in_progress.is_file()
+        assert runtime.sweep_heatmaps() == 0  # nothing left to find
+    finally:
+        runtime.close()
+        in_progress.unlink()
+
+
 def test_heatmap_access_is_checked_before_anything_is_read(
     api_server: ApiServer, heatmap_renders: list[str]
 ) -> None:
@@ -343,6 +440,7 @@ def test_heatmap_key_covers_what_determines_the_png(tmp_path: Path) -> None:
     damage_map = [[0.1, 0.2], [0.3, 0.4]]
     key = heatmap_key(photo_id, damage_map, 224)
     assert key == heatmap_key(photo_id, [[0.1, 0.2], [0.3, 0.4]], 224)
+    assert is_heatmap_key(key) and photo_of_heatmap_key(key) == photo_id
     assert (
         len(
             {
@@ -367,6 +465,40 @@ def test_heatmap_key_covers_what_determines_the_png(tmp_path: Path) -> None:
     )
     with pytest.raises(PhotoNotFound):
         cache.path_for("../" + key[3:])
+
+
+def test_heatmap_cache_lists_a_photos_pngs_and_discards_them(tmp_path: Path) -> None:
+    photo, other = "ab" * 32, "ab" + "cd" * 31  # the same ab/ fan-out folder
+    keys = [heatmap_cache_key(photo, digit * 64) for digit in "12"]
+    cache = HeatmapCache(tmp_path, version=1)
+    for key in [*keys, heatmap_cache_key(other, "3" * 64)]:
+        cache.put(key, b"\x89PNG")
+    folder = cache.path_for(keys[0]).parent
+    (folder / ".incoming-x1y2z3").write_bytes(b"a write in progress")
+    (folder / f"{photo}.png").write_bytes(b"not a heatmap key")
+    assert cache.keys_of(photo) == keys
+    assert cache.keys_of("ef" * 32) == []
+    assert cache.keys() == sorted([*keys, heatmap_cache_key(other, "3" * 64)])
+    assert cache.discard(keys[0]) is True
+    assert cache.discard(keys[0]) is False  # already gone: fine
+    assert cache.keys_of(photo) == [keys[1]]
+    with pytest.raises(PhotoNotFound):
+        cache.keys_of("../" + photo[3:])
+
+
+@pytest.mark.parametrize(
+    ("candidate", "valid"),
+    [
+        ("ab" * 32 + "-" + "cd" * 32, True),
+        ("ab" * 32, False),  # a photo id alone (the layout before keys named their photo)
+        ("ab" * 32 + "-" + "cd" * 31, False),
+        ("AB" * 32 + "-" + "cd" * 32, False),
+        ("ab" * 32 + "_" + "cd" * 32, False),
+        ("../" + "ab" * 31 + "-" + "cd" * 32, False),
+    ],
+)
+def test_heatmap_key_format(candidate: str, valid: bool) -> None:
+    assert is_heatmap_key(candidate) is valid
 
 
 # --- the cache and the ETag on their own ---------------------------------------------------------

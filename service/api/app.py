@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         refresher = BackgroundRefresher(
             lambda should_stop: runtime.refresh_stale_triage(should_stop=should_stop),
             interval=settings.resolved_triage_refresh_interval,
+            lock_path=settings.refresh_lock_path,
         )
         refresher.start()
         app.state.triage_refresher = refresher

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -34,7 +34,13 @@ from service.duplicates import DuplicateIndex, evidence_ref, parse_hashes
 from service.engine import ModelCard, ScoringEngine
 from service.intake import DISPLAY_COPY_VERSION, Photo, open_photo
 from service.policy import PolicyConfig
-from service.store import DisplayCache, HeatmapCache, PhotoStore
+from service.store import (
+    DisplayCache,
+    HeatmapCache,
+    PhotoStore,
+    heatmap_cache_key,
+    photo_of_heatmap_key,
+)
 
 logger = logging.getLogger("service.api")
 # Decoded listing images kept for mismatch and reuse checks (about 0.6 MB each at 448 px).
@@ -42,16 +48,20 @@ LISTING_PHOTO_CACHE = 64
 # The heatmap PNG's format: bump it with any change to how `render_heatmap` draws or encodes the
 # overlay (colours, opacity, resampling, PNG settings), so cached PNGs and their ETags are renewed.
 HEATMAP_FORMAT_VERSION = 1
+# Cached heatmap keys checked against the database per query when cleaning up: one IN list of at
+# most this many photo ids, and their damage maps (a few kB each) held at once.
+HEATMAP_CLEANUP_CHUNK = 500
 
 
 def heatmap_key(photo_id: str, damage_map: list[Any], input_size: int) -> str:
-    """SHA-256 hex of everything that determines a heatmap PNG's bytes: the format version, the
-    model input size the map is laid out on, the photo id and the stored damage map as canonical
-    JSON (the same photo can be evidence in several claims, and a model upgrade changes the map).
+    """`<photo_id>-<digest>` (`service.store.heatmap_cache_key`), the digest being the SHA-256 hex
+    of everything that determines a heatmap PNG's bytes: the format version, the model input size
+    the map is laid out on, the photo id and the stored damage map as canonical JSON (the same
+    photo can be evidence in several claims, and a rescore or model upgrade changes the map).
     """
     canonical = json.dumps(damage_map, separators=(",", ":"), sort_keys=True)
     material = f"heatmap-v{HEATMAP_FORMAT_VERSION}\n{input_size}\n{photo_id}\n{canonical}"
-    return hashlib.sha256(material.encode()).hexdigest()
+    return heatmap_cache_key(photo_id, hashlib.sha256(material.encode()).hexdigest())
 
 
 @dataclass
@@ -102,6 +112,7 @@ class Runtime:
             ),
         )
         runtime._load_duplicate_index()
+        heatmaps_removed = runtime.sweep_heatmaps()
         # The policy configuration may have changed since the last run. Committed chunk by
         # chunk: with many open claims one transaction would lock the table for all of start-up.
         refreshed = triage.refresh_stale_in_chunks(
@@ -109,7 +120,11 @@ class Runtime:
         )
         logger.info(
             "started",
-            extra={"model_version": scoring.model_version, "claims_retriaged": refreshed},
+            extra={
+                "model_version": scoring.model_version,
+                "claims_retriaged": refreshed,
+                "heatmaps_removed": heatmaps_removed,
+            },
         )
         return runtime
 
@@ -156,6 +171,43 @@ class Runtime:
     def heatmap_key(self, photo_id: str, damage_map: list[Any]) -> str:
         """The cache key (and ETag material) of this photo's heatmap with this damage map."""
         return heatmap_key(photo_id, damage_map, self.batcher.engine.input_spec.size)
+
+    def live_heatmap_keys(self, photo_ids: Collection[str]) -> set[str]:
+        """The keys of the damage maps stored now for these photos: every heatmap the route can
+        still serve (it serves the map of one of their evidence rows)."""
+        with self.sessions() as session:
+            maps = crud.stored_damage_maps(session, photo_ids=photo_ids)
+        return {self.heatmap_key(photo_id, damage_map) for photo_id, damage_map in maps}
+
+    def discard_unservable_heatmaps(self, keys: Sequence[str]) -> int:
+        """Delete the PNGs of those of `keys` whose damage map is no longer stored (a rescore
+        or upgrade replaced it); returns how many files went.
+
+        The caller lists `keys` from the cache BEFORE this reads the database, which is what
+        makes it safe beside requests: a listed PNG was made from a map that a request read,
+        committed before this read, so while that map is stored this read finds it and the PNG
+        stays. A request that read the old map just before it was replaced can still write the
+        old PNG after this deleted it; the photo's next clean-up, or the next start-up's sweep,
+        removes that one.
+        """
+        removed = 0
+        for start in range(0, len(keys), HEATMAP_CLEANUP_CHUNK):
+            chunk = keys[start : start + HEATMAP_CLEANUP_CHUNK]
+            live = self.live_heatmap_keys({photo_of_heatmap_key(key) for key in chunk})
+            removed += sum(self.heatmaps.discard(key) for key in chunk if key not in live)
+        return removed
+
+    def prune_heatmaps(self, photo_id: str, *, keep: str) -> int:
+        """For the route, having rendered this photo's PNG under `keep` because it was not
+        cached (mostly a new damage map): delete the photo's other PNGs that can no longer be
+        served. One folder listing; a database read only when the photo has other PNGs."""
+        others = [key for key in self.heatmaps.keys_of(photo_id) if key != keep]
+        return self.discard_unservable_heatmaps(others) if others else 0
+
+    def sweep_heatmaps(self) -> int:
+        """At start-up: delete every cached PNG whose damage map is no longer stored, those a
+        request wrote while racing a clean-up included (see `discard_unservable_heatmaps`)."""
+        return self.discard_unservable_heatmaps(self.heatmaps.keys())
 
     def render_heatmap(self, original: bytes, damage_map: list[list[float]]) -> bytes:
         """PNG of the photo (as the model saw it) with the stored damage map laid over it."""

@@ -58,15 +58,7 @@ def retriage(session: Session, claim: Claim, *, policy: PolicyConfig, now: datet
     """Recompute and store the claim's triage from its stored evidence."""
     photos = crud.claim_photos(session, claim_id=claim.claim_id)
     triage = triage_claim(claim_facts(claim, photos), config=policy, now=now)
-    crud.set_triage(
-        claim,
-        support=triage.support,
-        sufficiency=triage.sufficiency,
-        lane=triage.lane,
-        priority=triage.priority,
-        reasons=triage.reasons,
-        now=now,
-    )
+    crud.set_triage(claim, triage, now=now)
     return triage
 
 
@@ -82,19 +74,13 @@ def _retriage_chunk(
 ) -> None:
     """`retriage` for each of `claims`, with their photos read in one query and one UPDATE."""
     photos = crud.claim_photos_by_claim(session, claim_ids=[claim.claim_id for claim in claims])
-    updates = []
-    for claim in claims:
-        triage = triage_claim(claim_facts(claim, photos[claim.claim_id]), config=policy, now=now)
-        updates.append(
-            crud.TriageUpdate(
-                claim_id=claim.claim_id,
-                support=triage.support,
-                sufficiency=triage.sufficiency,
-                lane=triage.lane,
-                priority=triage.priority,
-                reasons=triage.reasons,
-            )
+    updates = [
+        crud.TriageUpdate.from_triage(
+            claim.claim_id,
+            triage_claim(claim_facts(claim, photos[claim.claim_id]), config=policy, now=now),
         )
+        for claim in claims
+    ]
     crud.set_triages(session, updates=updates, now=now)
 
 

@@ -24,6 +24,7 @@ from service.db.models import (
     Photo,
     Review,
 )
+from service.policy import Triage
 
 OPEN_STATUSES = ("open", "escalated", "awaiting_evidence")
 
@@ -317,6 +318,22 @@ def claim_photo_for_heatmap(
     return session.scalar(query.order_by(ClaimPhoto.created_at.desc()).limit(1))
 
 
+def stored_damage_maps(
+    session: Session, *, photo_ids: Collection[str]
+) -> list[tuple[str, list[Any]]]:
+    """(photo_id, damage_map) of every evidence row of these photos that has a map (one photo
+    can be evidence in several claims, each row with the map of its own assessment)."""
+    maps: list[tuple[str, list[Any]]] = []
+    for chunk in _chunks(photo_ids):
+        rows = session.execute(
+            select(ClaimPhoto.photo_id, ClaimPhoto.damage_map).where(ClaimPhoto.photo_id.in_(chunk))
+        )
+        maps.extend(
+            (photo_id, damage_map) for photo_id, damage_map in rows if damage_map is not None
+        )
+    return maps
+
+
 def evidence_hashes(session: Session) -> list[tuple[str, str, str, str | None]]:
     """(claim_id, photo_id, perceptual_hash, window_hashes) for every hashed evidence photo:
     what the duplicate index is rebuilt from at start-up."""
@@ -328,34 +345,47 @@ def evidence_hashes(session: Session) -> list[tuple[str, str, str, str | None]]:
     return [(claim_id, photo_id, phash, windows) for claim_id, photo_id, phash, windows in rows]
 
 
-def set_triage(
-    claim: Claim,
-    *,
-    support: float | None,
-    sufficiency: str,
-    lane: str,
-    priority: int,
-    reasons: Sequence[str],
-    now: datetime,
-) -> None:
-    claim.support = support
-    claim.sufficiency = sufficiency
-    claim.lane = lane
-    claim.priority = priority
-    claim.reasons = list(reasons)
-    claim.triaged_at = now
-
-
 @dataclass(frozen=True)
 class TriageUpdate:
-    """One claim's new triage, for `set_triages`."""
+    """One claim's triage as its stored columns: the only mapping from a `Triage` to the claim
+    row, applied by `set_triage` (a loaded claim) and `set_triages` (many claims by id), so a new
+    triage column is added here and nowhere else."""
 
     claim_id: str
     support: float | None
     sufficiency: str
     lane: str
     priority: int
-    reasons: Sequence[str]
+    reasons: tuple[str, ...]
+
+    @classmethod
+    def from_triage(cls, claim_id: str, triage: Triage) -> TriageUpdate:
+        return cls(
+            claim_id=claim_id,
+            support=triage.support,
+            sufficiency=triage.sufficiency,
+            lane=triage.lane,
+            priority=triage.priority,
+            reasons=tuple(triage.reasons),
+        )
+
+    def columns(self, *, now: datetime) -> dict[str, Any]:
+        """The claim's triage attributes and their new values, `triaged_at` included."""
+        return {
+            "support": self.support,
+            "sufficiency": self.sufficiency,
+            "lane": self.lane,
+            "priority": self.priority,
+            "reasons": list(self.reasons),  # a JSON column: stored as a list
+            "triaged_at": now,
+        }
+
+
+def set_triage(claim: Claim, triage: Triage, *, now: datetime) -> None:
+    """Store `triage` on a loaded claim (flushed with the caller's transaction)."""
+    stored = TriageUpdate.from_triage(claim.claim_id, triage)
+    for attribute, value in stored.columns(now=now).items():
+        setattr(claim, attribute, value)
 
 
 def set_triages(session: Session, *, updates: Sequence[TriageUpdate], now: datetime) -> None:
@@ -368,19 +398,7 @@ def set_triages(session: Session, *, updates: Sequence[TriageUpdate], now: datet
     if not updates:
         return
     session.execute(
-        update(Claim),
-        [
-            {
-                "claim_id": row.claim_id,
-                "support": row.support,
-                "sufficiency": row.sufficiency,
-                "lane": row.lane,
-                "priority": row.priority,
-                "reasons": list(row.reasons),
-                "triaged_at": now,
-            }
-            for row in updates
-        ],
+        update(Claim), [{"claim_id": row.claim_id, **row.columns(now=now)} for row in updates]
     )
 
 

@@ -8,6 +8,8 @@ client revalidating with If-None-Match gets a 304 without a byte of the image.
 A heatmap PNG is cached the same way in `Runtime.heatmaps`, keyed by the SHA-256 of what
 determines its bytes (`Runtime.heatmap_key`: photo id, the stored damage map, format version), so
 a new damage map for the same photo (another claim, a model upgrade) gets a new file and ETag.
+Rendering a PNG that was not cached also deletes the photo's PNGs whose damage map is no longer
+stored (`Runtime.prune_heatmaps`), so a rescore does not leave the old file behind forever.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Response
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from service.api import schemas
@@ -170,10 +173,21 @@ def get_heatmap(
     original = _original(runtime, photo_id)
     damage_map = evidence.damage_map
     cache_key = runtime.heatmap_key(photo_id, damage_map)
+
+    def render() -> bytes:
+        png = runtime.render_heatmap(original, damage_map)
+        # Not cached, most often because the map is new: the PNG of the map it replaced can
+        # no longer be served. Best effort: a failure leaves a file for start-up's sweep.
+        try:
+            runtime.prune_heatmaps(photo_id, keep=cache_key)
+        except (OSError, SQLAlchemyError):
+            logger.warning("old heatmaps not pruned", extra={"photo_id": photo_id}, exc_info=True)
+        return png
+
     return _cached_response(
         runtime.heatmaps,
         cache_key,
-        lambda: runtime.render_heatmap(original, damage_map),
+        render,
         media_type="image/png",
         headers={"Cache-Control": _HEATMAP_CACHE, "ETag": heatmap_etag(cache_key)},
         if_none_match=if_none_match,
