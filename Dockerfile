@@ -3,8 +3,12 @@
 #   docker run -d --name triage -p 8000:8000 -v triage-data:/data evidence-triage
 #   docker exec triage triage demo        # optional: demo claims, prints keys
 #   docker exec triage triage keys create --role admin
+# Where Docker Hub is out of reach, any Debian/Ubuntu image with Python 3.11, venv and a
+# `python` command will do as the base: docker build --build-arg PYTHON_IMAGE=<image> .
 
-FROM python:3.11-slim AS build
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -16,7 +20,7 @@ RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install . \
     && /opt/venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
 
-FROM python:3.11-slim AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin triage \
     && mkdir /data && chown triage:triage /data
 COPY --from=build /opt/venv /opt/venv

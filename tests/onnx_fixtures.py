@@ -60,7 +60,20 @@ TINY_CARD = {
     "metrics": {
         "damage_auroc": 0.9,
         "mismatch_ece": 0.04,
-        "targets": {"damage_auroc": {"target": ">= 0.95", "value": 0.9, "met": False}},
+        "targets": {
+            "damage_auroc": {
+                "target": ">= 0.95",
+                "value": 0.9,
+                "met": False,
+                "interval_95": [0.85, 0.94],
+            },
+            "mismatch_ece": {
+                "target": "<= 0.05",
+                "value": 0.04,
+                "met": True,
+                "ece_if_perfectly_calibrated": {"median": 0.03, "p95": 0.045},
+            },
+        },
         "split": "test fixture: no test split",
     },
     "baselines": {"damage_auroc": 0.7, "what": "test fixture: no baseline model"},

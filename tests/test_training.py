@@ -150,6 +150,36 @@ def test_metrics_on_known_cases() -> None:
     assert retrieval_at_k(similarities, np.array([0, 0]), 2) == 1.0
 
 
+def test_calibrated_ece_spread_is_the_small_sample_floor_of_a_perfect_model() -> None:
+    from training.metrics import calibrated_ece_spread
+
+    # One bin at p = 0.5: ECE = |heads/n - 0.5|, whose mean is sqrt(0.25 / n) * sqrt(2 / pi).
+    median, p95 = calibrated_ece_spread(np.full(100, 0.5), draws=4000)
+    assert median == pytest.approx(0.035, abs=0.006)  # median |N(0, 0.05)| = 0.674 * 0.05
+    assert p95 == pytest.approx(0.098, abs=0.012)  # 1.96 * 0.05, on a grid of 0.01
+    larger, _ = calibrated_ece_spread(np.full(10000, 0.5), draws=500)
+    assert larger < 0.006
+    assert calibrated_ece_spread(np.array([0.0, 1.0] * 50)) == (0.0, 0.0)
+
+
+def test_grouped_bootstrap_resamples_whole_groups() -> None:
+    from training.metrics import auroc, grouped_bootstrap_interval
+
+    values = np.r_[np.zeros(10), np.ones(30)]
+    groups = np.r_[np.zeros(10), np.ones(30)]
+    low, high = grouped_bootstrap_interval(lambda rows: float(values[rows].mean()), groups)
+    # Two groups: a resample holds A twice, B twice or one of each; row-level resampling would
+    # instead give a narrow interval around 0.75.
+    assert (low, high) == (0.0, 1.0)
+    labels = np.tile([0, 1], 20)
+    perfect = labels + 0.1 * np.arange(40)  # each group of 4 separates perfectly, not across
+    groups = np.repeat(np.arange(10), 4)
+    low, high = grouped_bootstrap_interval(
+        lambda rows: auroc(labels[rows], perfect[rows]), groups, draws=300
+    )
+    assert low < auroc(labels, perfect) < high <= 1.0
+
+
 def test_cli_config_overrides() -> None:
     from training.__main__ import build_config, parser
 

@@ -17,8 +17,10 @@ from training.data import GroceryImage, Splits, hard_negative_listing, load_tile
 from training.metrics import (
     auroc,
     average_precision,
+    calibrated_ece_spread,
     confusion_at,
     expected_calibration_error,
+    grouped_bootstrap_interval,
     retrieval_at_k,
     sigmoid,
 )
@@ -67,6 +69,7 @@ def listing_pairs(samples: Sequence[Sample], splits: Splits, outputs: Outputs) -
         "negative": np.array(negatives),
         "all_similarities": outputs["embedding"][photo_rows] @ listing_matrix.T,
         "true_listing": np.array(truth, dtype=int),
+        "photo_rows": np.array(photo_rows, dtype=int),
     }
 
 
@@ -76,15 +79,42 @@ def mismatch_arrays(pairs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.r_[pairs["positive"], pairs["negative"]]
 
 
+def sample_groups(samples: Sequence[Sample], splits: Splits) -> np.ndarray:
+    """What each held-out sample belongs to, for resampling: its product (grocery photos and
+    listings) or its web source (package photos)."""
+    source_of = {p.path: p.source_id for photos in splits.packages.values() for p in photos}
+    return np.array(
+        [
+            f"source:{source_of[s.path]}" if s.kind == KIND_PACKAGE else f"product:{s.product}"
+            for s in samples
+        ]
+    )
+
+
+def spread_figures(
+    labels: np.ndarray, scores: np.ndarray, probabilities: np.ndarray, groups: np.ndarray
+) -> dict[str, Any]:
+    """How far the AUROC and the ECE could move by chance: a 95% interval of the AUROC over
+    resampled groups, and the ECE a perfectly calibrated model would show on this set."""
+    calibrated_median, calibrated_p95 = calibrated_ece_spread(probabilities)
+    low, high = grouped_bootstrap_interval(lambda rows: auroc(labels[rows], scores[rows]), groups)
+    return {
+        "auroc_interval_95": [low, high],
+        "resampled_groups": len(np.unique(groups)),
+        "ece_if_perfectly_calibrated": {"median": calibrated_median, "p95": calibrated_p95},
+    }
+
+
 def damage_figures(
-    labels: np.ndarray, logits: np.ndarray, calibration: Calibration
-) -> dict[str, float]:
+    labels: np.ndarray, logits: np.ndarray, calibration: Calibration, groups: np.ndarray
+) -> dict[str, Any]:
     probabilities = calibration.damage(logits)
     return {
         "auroc": auroc(labels, logits),
         "average_precision": average_precision(labels, logits),
         "ece": expected_calibration_error(labels, probabilities),
         "count": len(labels),
+        **spread_figures(labels, logits, probabilities, groups),
     }
 
 
@@ -114,8 +144,9 @@ def heldout_figures(
     """Every figure the model card reports for one model on one held-out split."""
     kinds = np.array([s.kind for s in samples])
     photos, packages = kinds == KIND_PHOTO, kinds == KIND_PACKAGE
+    groups = sample_groups(samples, splits)
     logits = outputs["damage_logit"]
-    synthetic = damage_figures(labels[photos], logits[photos], calibration)
+    synthetic = damage_figures(labels[photos], logits[photos], calibration, groups[photos])
     intact_photo_logits = logits[photos & (labels == 0)]
     per_kind = {}
     for kind in sorted({k for drawn in kinds_drawn for k in drawn}):
@@ -125,10 +156,11 @@ def heldout_figures(
             np.r_[intact_photo_logits, logits[rows]],
         )
     synthetic["auroc_by_kind"] = per_kind
-    real = damage_figures(labels[packages], logits[packages], calibration)
+    real = damage_figures(labels[packages], logits[packages], calibration, groups[packages])
     pairs = listing_pairs(samples, splits, outputs)
     mismatch_labels, similarity = mismatch_arrays(pairs)
     p_mismatch = calibration.mismatch(similarity)
+    pair_groups = np.tile(groups[pairs["photo_rows"]], 2)
     p_damage = calibration.damage(logits)
     return {
         "damage_synthetic_unseen_products": synthetic,
@@ -138,6 +170,7 @@ def heldout_figures(
             "average_precision": average_precision(mismatch_labels, p_mismatch),
             "ece": expected_calibration_error(mismatch_labels, p_mismatch),
             "pairs": len(mismatch_labels),
+            **spread_figures(mismatch_labels, p_mismatch, p_mismatch, pair_groups),
         },
         "retrieval_all_listings": {
             "top1": retrieval_at_k(pairs["all_similarities"], pairs["true_listing"], 1),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.optimize import minimize
+from scipy.stats import rankdata
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -13,18 +16,10 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
     labels = np.asarray(labels, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
     positives, negatives = labels.sum(), (~labels).sum()
     if positives == 0 or negatives == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores), dtype=np.float64)
-    sorted_scores = scores[order]
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(scores)]])
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = 0.5 * (start + end - 1) + 1.0
+    ranks = rankdata(np.asarray(scores, dtype=np.float64), method="average")
     return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
@@ -76,6 +71,53 @@ def expected_calibration_error(
 ) -> float:
     confidence, frequency, counts = reliability(labels, probabilities, bins)
     return float(np.sum(counts * np.abs(confidence - frequency)) / max(counts.sum(), 1))
+
+
+def calibrated_ece_spread(
+    probabilities: np.ndarray, bins: int = 15, draws: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """(median, 95th percentile) of the ECE that a perfectly calibrated model giving exactly
+    these probabilities would show: outcomes drawn from the probabilities themselves.
+
+    Binned ECE is biased upwards on small sets: with 200 package photos a perfect model's ECE is
+    about 0.08, so a measured 0.09 there says nothing against its calibration, and an ECE target
+    below this floor cannot be checked on that set at all."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    errors = [
+        expected_calibration_error(
+            rng.random(len(probabilities)) < probabilities, probabilities, bins
+        )
+        for _ in range(draws)
+    ]
+    return float(np.median(errors)), float(np.quantile(errors, 0.95))
+
+
+def grouped_bootstrap_interval(
+    statistic: Callable[[np.ndarray], float],
+    groups: np.ndarray,
+    draws: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of `statistic(rows)` over resamples of whole groups with replacement.
+
+    Held-out photos of one product (or one web source) are not independent: resampling single
+    photos would make 12 test products look like 1,500 independent trials. Resampling products
+    says how much the figure would move on another draw of products. Draws where the statistic
+    is undefined (NaN, e.g. one class only) are dropped."""
+    groups = np.asarray(groups)
+    names, inverse = np.unique(groups, return_inverse=True)
+    rows_of = [np.flatnonzero(inverse == number) for number in range(len(names))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(draws):
+        chosen = rng.integers(0, len(names), len(names))
+        value = statistic(np.concatenate([rows_of[number] for number in chosen]))
+        if not np.isnan(value):
+            values.append(value)
+    tail = (1 - level) / 2
+    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail))
 
 
 def binary_nll(labels: np.ndarray, logits: np.ndarray) -> float:

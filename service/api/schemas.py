@@ -314,6 +314,16 @@ class ModelMetricPublic(BaseModel):
     baseline: float | None = Field(description="The same metric for the card's baseline model.")
     target: str | None = Field(description='The goal the metric was held to, e.g. ">= 0.95".')
     target_met: bool | None
+    interval_95: tuple[float, float] | None = Field(
+        default=None,
+        description="For an AUROC: its 95% interval when the test products (or package "
+        "sources) are resampled; how far another draw of products could move it.",
+    )
+    ece_if_perfectly_calibrated: float | None = Field(
+        default=None,
+        description="For an ECE: the median ECE a perfectly calibrated model with the same "
+        "scores shows on the same test set; an ECE near it is no evidence of miscalibration.",
+    )
 
 
 class ModelPublic(BaseModel):
@@ -339,6 +349,7 @@ class ModelPublic(BaseModel):
                             "baseline": 0.7346,
                             "target": ">= 0.85",
                             "target_met": False,
+                            "interval_95": [0.6728, 0.8069],
                         }
                     ],
                     "limitations": [

@@ -143,6 +143,9 @@ def model_metrics_public(card_extra: dict[str, Any]) -> list[schemas.ModelMetric
             continue
         target = _table(targets.get(name))
         met = target.get("met")
+        interval = target.get("interval_95")
+        bounds = [_number(bound) for bound in interval] if isinstance(interval, list) else []
+        floor = _number(_table(target.get("ece_if_perfectly_calibrated")).get("median"))
         headline.append(
             schemas.ModelMetricPublic(
                 name=name,
@@ -150,6 +153,10 @@ def model_metrics_public(card_extra: dict[str, Any]) -> list[schemas.ModelMetric
                 baseline=_number(baselines.get(name)),
                 target=str(target["target"]) if "target" in target else None,
                 target_met=met if isinstance(met, bool) else None,
+                interval_95=(bounds[0], bounds[1])
+                if len(bounds) == 2 and None not in bounds
+                else None,
+                ece_if_perfectly_calibrated=floor,
             )
         )
     return headline
