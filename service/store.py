@@ -182,6 +182,18 @@ class HeatmapCache(SealedFileCache):
         """The keys of every cached PNG (temporary files of writes in progress are not keys)."""
         return self._keys(self.root.glob(f"*/*/*{self.suffix}"))
 
+    def discard_strays(self) -> int:
+        """Delete the PNGs whose names are no key: the layout before keys began with the photo
+        id (`<digest>.png`), which nothing can serve or clean up any more. Returns how many."""
+        strays = [
+            path
+            for path in self.root.glob(f"*/*/*{self.suffix}")
+            if not self.is_key(path.name.removesuffix(self.suffix))
+        ]
+        for path in strays:
+            path.unlink(missing_ok=True)
+        return len(strays)
+
     def _keys(self, paths: Iterator[Path]) -> list[str]:
         names = (path.name.removesuffix(self.suffix) for path in paths)
         return sorted(name for name in names if self.is_key(name))

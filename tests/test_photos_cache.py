@@ -349,11 +349,15 @@ def test_start_up_deletes_the_heatmaps_of_maps_no_longer_stored(
     unknown = heatmap_key("0f" * 32, UNIFORM_MAP, 224)
     for key in (replaced, unknown):
         cache.put(key, b"\x89PNG left behind")
+    # A PNG named by the digest alone, as heatmaps were stored before keys began with the photo.
+    old_layout = cache.path_for(live).with_name("ab" * 32 + ".png")
+    old_layout.write_bytes(b"\x89PNG old layout")
     in_progress = cache.path_for(live).with_name(".incoming-abc123")
     in_progress.write_bytes(b"a write in progress elsewhere")
     runtime = Runtime.start(api_server.settings)  # a restart
     try:
         assert not cache.path_for(replaced).exists() and not cache.path_for(unknown).exists()
+        assert not old_layout.exists()
         assert cache.path_for(live).is_file() and in_progress.is_file()
         assert runtime.sweep_heatmaps() == 0  # nothing left to find
     finally:

@@ -206,8 +206,11 @@ class Runtime:
 
     def sweep_heatmaps(self) -> int:
         """At start-up: delete every cached PNG whose damage map is no longer stored, those a
-        request wrote while racing a clean-up included (see `discard_unservable_heatmaps`)."""
-        return self.discard_unservable_heatmaps(self.heatmaps.keys())
+        request wrote while racing a clean-up included (see `discard_unservable_heatmaps`), and
+        any PNG left in an older naming layout."""
+        return self.heatmaps.discard_strays() + self.discard_unservable_heatmaps(
+            self.heatmaps.keys()
+        )
 
     def render_heatmap(self, original: bytes, damage_map: list[list[float]]) -> bytes:
         """PNG of the photo (as the model saw it) with the stored damage map laid over it."""
