@@ -20,14 +20,20 @@ import threading
 from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
 
-from service.checks import LISTING_PHOTO_REUSE, PhotoFindings, inspect_photo
-from service.duplicates import DuplicateIndex, format_hash, photo_windows
+from service.checks import (
+    DUPLICATE_ACROSS_CLAIMS,
+    LISTING_PHOTO_REUSE,
+    PhotoFindings,
+    inspect_photo,
+    reuse_detectable,
+)
+from service.duplicates import DuplicateIndex, DuplicateMatch, format_hash, photo_windows
 from service.engine import ModelCard, ModelOutput, cosine_similarities
 from service.intake import DEFAULT_LIMITS, IntakeLimits, Photo, PhotoRejected, open_photo
 from service.quality import QualityIssue, rejection_issue
@@ -92,6 +98,24 @@ class PhotoAssessment:
             "model_version": self.model_version,
             "perceptual_hash": self.perceptual_hash,
         }
+
+
+def with_duplicates(
+    assessment: PhotoAssessment, matches: Sequence[DuplicateMatch]
+) -> PhotoAssessment:
+    """`assessment` with more near copies among its `duplicate_refs` (nearest first after its
+    own) and the `duplicate_across_claims` finding: what a look-up outside `assess_many` found,
+    such as another upload of the same photo still in progress. Unchanged when there is nothing
+    new, or when its quality findings make reuse findings meaningless (`reuse_detectable`)."""
+    new_refs = tuple(
+        dict.fromkeys(m.ref for m in matches if m.ref not in assessment.duplicate_refs)
+    )
+    if not new_refs or not reuse_detectable(assessment.quality_codes):
+        return assessment
+    issues = assessment.issues
+    if DUPLICATE_ACROSS_CLAIMS not in issues:
+        issues = (*issues, DUPLICATE_ACROSS_CLAIMS)
+    return replace(assessment, issues=issues, duplicate_refs=assessment.duplicate_refs + new_refs)
 
 
 class EmbeddingCache:

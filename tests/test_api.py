@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import uuid
 import zlib
 from typing import Any
@@ -330,6 +331,80 @@ def test_reused_photo_from_another_claim_is_flagged_suspicious(api_server: ApiSe
     assert "duplicate_across_claims" in codes
     assert reused["triage"]["lane"] == "suspicious"
     assert any(first in reason for reason in reused["triage"]["reasons"])
+
+
+def issue_codes(body: dict[str, Any]) -> list[str]:
+    return [issue["code"] for photo in body["data"] for issue in photo["issues"]]
+
+
+def test_one_photo_uploaded_to_two_claims_at_once_is_flagged(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.api.routes import evidence
+
+    listing_id = new_listing(api_server, plain_jpeg(seed=41))
+    photo = red_patch_jpeg(seed=43)
+    first = new_claim(api_server, listing_id)
+    second = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    record = evidence._record_evidence
+    first_is_recording, second_is_done = threading.Event(), threading.Event()
+
+    def record_first_after_second(runtime: Any, key: Any, claim_id: str, *rest: Any) -> Any:
+        # The first upload has been scored and is about to commit; hold it there while the
+        # same photo goes to another claim, which finds nothing in the index yet.
+        if claim_id == first:
+            first_is_recording.set()
+            if not second_is_done.wait(30):
+                raise TimeoutError("the second upload never finished")
+        return record(runtime, key, claim_id, *rest)
+
+    monkeypatch.setattr(evidence, "_record_evidence", record_first_after_second)
+    responses: dict[str, httpx.Response] = {}
+
+    def upload_first() -> None:
+        with api_server.client(api_server.keys["buyer"]) as buyer:
+            responses["first"] = buyer.post(f"/v1/claims/{first}/evidence", files=files(photo))
+
+    uploader = threading.Thread(target=upload_first)
+    uploader.start()
+    try:
+        assert first_is_recording.wait(30)
+        with api_server.client(api_server.keys["other_buyer"]) as other:
+            responses["second"] = other.post(f"/v1/claims/{second}/evidence", files=files(photo))
+    finally:
+        second_is_done.set()
+        uploader.join(30)
+    assert responses["first"].status_code == responses["second"].status_code == 201
+    assert "duplicate_across_claims" not in issue_codes(responses["first"].json())
+    body = responses["second"].json()
+    assert "duplicate_across_claims" in issue_codes(body)
+    assert body["triage"]["lane"] == "suspicious"
+    assert any(first in reason for reason in body["triage"]["reasons"])
+
+
+def test_an_upload_that_fails_leaves_no_photo_to_be_reused(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.api.routes import evidence
+
+    listing_id = new_listing(api_server, plain_jpeg(seed=45))
+    photo = red_patch_jpeg(seed=47)
+    first = new_claim(api_server, listing_id)
+    second = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    record = evidence._record_evidence
+
+    def fail_for_first(runtime: Any, key: Any, claim_id: str, *rest: Any) -> Any:
+        if claim_id == first:
+            raise OSError("disk full")
+        return record(runtime, key, claim_id, *rest)
+
+    monkeypatch.setattr(evidence, "_record_evidence", fail_for_first)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        assert buyer.post(f"/v1/claims/{first}/evidence", files=files(photo)).status_code == 500
+    with api_server.client(api_server.keys["other_buyer"]) as other:
+        later = other.post(f"/v1/claims/{second}/evidence", files=files(photo))
+    assert later.status_code == 201, later.text
+    assert "duplicate_across_claims" not in issue_codes(later.json())
 
 
 def test_a_cropped_copy_from_another_claim_is_flagged_and_named(api_server: ApiServer) -> None:

@@ -20,9 +20,10 @@ from service.assessment import (
     assess_bytes,
     heatmap_overlay,
     heatmap_png,
+    with_duplicates,
 )
 from service.batching import MicroBatcher
-from service.duplicates import DuplicateIndex, perceptual_hash, photo_windows
+from service.duplicates import DuplicateIndex, DuplicateMatch, perceptual_hash, photo_windows
 from service.engine import ModelOutput, ScoringEngine
 from service.intake import Photo, open_photo
 
@@ -155,6 +156,27 @@ def test_a_cropped_copy_names_the_photo_it_repeats(engine: ScoringEngine):
     assert "duplicate_across_claims" in copy.quality_codes
     assert unrelated.duplicate_refs == ()
     assert "duplicate_across_claims" not in unrelated.quality_codes
+
+
+def test_with_duplicates_adds_the_finding_and_the_refs_once(engine: ScoringEngine):
+    photo = photo_of(textured_image(seed=19))
+    index = DuplicateIndex()
+    index.add(perceptual_hash(photo.image), "claim-1/abc")
+    found = Assessor(engine).assess(photo, duplicate_index=index)
+    more = with_duplicates(
+        found, [DuplicateMatch("claim-1/abc", 0), DuplicateMatch("claim-2/def", 3)]
+    )
+    assert more.duplicate_refs == ("claim-1/abc", "claim-2/def")
+    assert more.quality_codes.count("duplicate_across_claims") == 1
+    clean = Assessor(engine).assess(photo)
+    assert with_duplicates(clean, []) is clean
+    flagged = with_duplicates(clean, [DuplicateMatch("claim-2/def", 3)])
+    assert flagged.duplicate_refs == ("claim-2/def",)
+    assert "duplicate_across_claims" in flagged.quality_codes
+    # A nearly uniform frame hashes like any other: no reuse finding on top of low_detail.
+    blank = Assessor(engine).assess(photo_of(Image.new("RGB", (640, 480), (128, 128, 128))))
+    assert "low_detail" in blank.quality_codes
+    assert with_duplicates(blank, [DuplicateMatch("claim-2/def", 0)]) is blank
 
 
 def test_embedding_cache_evicts_the_least_recently_used():

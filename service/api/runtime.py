@@ -30,7 +30,7 @@ from service.db import crud
 from service.db.crud import utcnow
 from service.db.migrate import upgrade_to_head
 from service.db.session import database_reachable, make_engine, make_session_factory
-from service.duplicates import DuplicateIndex, evidence_ref, parse_hashes
+from service.duplicates import DuplicateIndex, PendingPhotos, evidence_ref, parse_hashes
 from service.engine import ModelCard, ScoringEngine
 from service.intake import DISPLAY_COPY_VERSION, Photo, open_photo
 from service.policy import PolicyConfig
@@ -77,8 +77,10 @@ class Runtime:
     policy: PolicyConfig
     duplicates: DuplicateIndex
     metrics: Metrics
-    # The duplicate index is shared by concurrent uploads; queries and additions are serialised.
+    # The duplicate index is shared by concurrent uploads; queries and additions are serialised,
+    # and so are those of the photos of uploads still being recorded (`PendingPhotos`).
     duplicates_lock: threading.Lock = field(default_factory=threading.Lock)
+    pending_photos: PendingPhotos = field(default_factory=PendingPhotos)
     _listing_photos: OrderedDict[str, Photo] = field(default_factory=OrderedDict)
     _listing_lock: threading.Lock = field(default_factory=threading.Lock)
 
