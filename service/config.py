@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.engine import DEFAULT_MODEL_DIR
@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         default=None,
         description="How often the background refresher re-triages claims older than "
         "`triage_refresh_seconds`; default half of that.",
+    )
+    duplicate_sync_seconds: NonNegativeFloat = Field(
+        default=1.0,
+        description="How often at most a process reads the evidence that other processes "
+        "(workers, containers on the same database) committed, so that its duplicate look-ups "
+        "find their photos too; 0 reads before every upload and check.",
     )
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 

@@ -246,6 +246,10 @@ class DuplicateIndex:
         """The number of stored hashes (a photo added with `add_photo` counts once per window)."""
         return sum(len(segment) for segment in self._segments) + len(self._tail)
 
+    def __contains__(self, ref: object) -> bool:
+        """Whether any hash is stored under `ref`."""
+        return ref in self._ref_numbers
+
     def _ref_number(self, ref: str) -> int:
         number = self._ref_numbers.get(ref)
         if number is None:

@@ -382,6 +382,27 @@ def test_one_photo_uploaded_to_two_claims_at_once_is_flagged(
     assert any(first in reason for reason in body["triage"]["reasons"])
 
 
+def test_a_photo_committed_by_another_process_is_found(api_server: ApiServer) -> None:
+    """Two servers on one database (two uvicorn workers, or two containers): the second was
+    already running when the first stored the photo, and still finds it."""
+    listing_id = new_listing(api_server, plain_jpeg(seed=51))
+    photo = red_patch_jpeg(seed=53)
+    first = new_claim(api_server, listing_id)
+    second = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    settings = api_server.settings.model_copy(update={"duplicate_sync_seconds": 0})
+    with run_api_server(settings) as other_process:
+        with api_server.client(api_server.keys["buyer"]) as buyer:
+            assert buyer.post(f"/v1/claims/{first}/evidence", files=files(photo)).status_code == 201
+        with other_process.client(api_server.keys["other_buyer"]) as other:
+            checked = other.post("/v1/evidence/check", files=files(photo, field="file"))
+            reused = other.post(f"/v1/claims/{second}/evidence", files=files(photo))
+    assert checked.status_code == 200, checked.text
+    assert "duplicate_across_claims" in [issue["code"] for issue in checked.json()["issues"]]
+    assert reused.status_code == 201, reused.text
+    assert "duplicate_across_claims" in issue_codes(reused.json())
+    assert any(first in reason for reason in reused.json()["triage"]["reasons"])
+
+
 def test_an_upload_that_fails_leaves_no_photo_to_be_reused(
     api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,10 +11,11 @@ import io
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,9 @@ from service.store import (
 logger = logging.getLogger("service.api")
 # Decoded listing images kept for mismatch and reuse checks (about 0.6 MB each at 448 px).
 LISTING_PHOTO_CACHE = 64
+# How far back each sync of the duplicate index re-reads evidence rows: a row's created_at is
+# set before its transaction commits, so a slow commit can land behind rows already read.
+DUPLICATE_SYNC_OVERLAP = timedelta(seconds=60)
 # The heatmap PNG's format: bump it with any change to how `render_heatmap` draws or encodes the
 # overlay (colours, opacity, resampling, PNG settings), so cached PNGs and their ETags are renewed.
 HEATMAP_FORMAT_VERSION = 1
@@ -81,6 +85,10 @@ class Runtime:
     # and so are those of the photos of uploads still being recorded (`PendingPhotos`).
     duplicates_lock: threading.Lock = field(default_factory=threading.Lock)
     pending_photos: PendingPhotos = field(default_factory=PendingPhotos)
+    # Catching up on evidence committed by other processes (`sync_duplicate_index`).
+    _duplicate_sync_lock: threading.Lock = field(default_factory=threading.Lock)
+    _duplicates_read_to: datetime | None = None  # the newest evidence `created_at` read so far
+    _duplicates_synced_at: float = float("-inf")  # time.monotonic() of the last sync
     _listing_photos: OrderedDict[str, Photo] = field(default_factory=OrderedDict)
     _listing_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -113,7 +121,7 @@ class Runtime:
                 model_version=scoring.model_version, read_queue_depths=read_queue_depths
             ),
         )
-        runtime._load_duplicate_index()
+        runtime.sync_duplicate_index(force=True)
         heatmaps_removed = runtime.sweep_heatmaps()
         # The policy configuration may have changed since the last run. Committed chunk by
         # chunk: with many open claims one transaction would lock the table for all of start-up.
@@ -141,20 +149,51 @@ class Runtime:
             should_stop=should_stop,
         )
 
-    def _load_duplicate_index(self) -> None:
-        """Every evidence photo under all its window hashes, as the upload added it."""
-        with self.sessions() as session:
-            rows = crud.evidence_hashes(session)
-        hashes: list[int] = []
-        refs: list[str] = []
-        for claim_id, photo_id, perceptual_hash, window_hashes in rows:
-            # Evidence stored before windows were kept is found only by its whole frame.
-            windows = parse_hashes(window_hashes or perceptual_hash)
-            hashes.extend(windows)
-            refs.extend([evidence_ref(claim_id, photo_id)] * len(windows))
-        if hashes:
+    def sync_duplicate_index(self, *, force: bool = False) -> int:
+        """Add to the duplicate index the evidence that other processes committed since the
+        last sync (every evidence photo the first time, at start-up); returns how many photos.
+
+        Uploads add their own photos as they commit; photos uploaded through another uvicorn
+        worker or another container on the same database arrive only this way. At most one sync
+        per `duplicate_sync_seconds` (a caller that finds one running or too recent skips it),
+        so a photo committed elsewhere is found about that long after. Rows are read from a
+        little before the newest one already read (`DUPLICATE_SYNC_OVERLAP`), since a row's
+        `created_at` is set before its transaction commits; refs already indexed are skipped.
+        """
+        if not self._duplicate_sync_lock.acquire(blocking=force):
+            return 0
+        try:
+            started = time.monotonic()
+            if not force and (
+                started - self._duplicates_synced_at < self.settings.duplicate_sync_seconds
+            ):
+                return 0
+            since = self._duplicates_read_to and self._duplicates_read_to - DUPLICATE_SYNC_OVERLAP
+            with self.sessions() as session:
+                rows = crud.evidence_hashes(session, since=since)
+            self._duplicates_synced_at = started
+            hashes: list[int] = []
+            refs: list[str] = []
             with self.duplicates_lock:
-                self.duplicates.add_many(hashes, refs)
+                new_rows = [
+                    row
+                    for row in rows
+                    if evidence_ref(row.claim_id, row.photo_id) not in self.duplicates
+                ]
+                for row in new_rows:
+                    # Evidence stored before windows were kept is found only by its whole frame.
+                    windows = parse_hashes(row.window_hashes or row.perceptual_hash)
+                    hashes.extend(windows)
+                    refs.extend([evidence_ref(row.claim_id, row.photo_id)] * len(windows))
+                if hashes:
+                    self.duplicates.add_many(hashes, refs)
+            if rows:
+                newest = max(row.created_at for row in rows)
+                if self._duplicates_read_to is None or newest > self._duplicates_read_to:
+                    self._duplicates_read_to = newest
+            return len(new_rows)
+        finally:
+            self._duplicate_sync_lock.release()
 
     def listing_photo(self, photo_id: str) -> Photo:
         """A listing image decoded as intake does; recently used ones are kept decoded."""

@@ -334,15 +334,32 @@ def stored_damage_maps(
     return maps
 
 
-def evidence_hashes(session: Session) -> list[tuple[str, str, str, str | None]]:
-    """(claim_id, photo_id, perceptual_hash, window_hashes) for every hashed evidence photo:
-    what the duplicate index is rebuilt from at start-up."""
-    rows = session.execute(
-        select(ClaimPhoto.claim_id, ClaimPhoto.photo_id, Photo.perceptual_hash, Photo.window_hashes)
+@dataclass(frozen=True)
+class EvidenceHashes:
+    claim_id: str
+    photo_id: str
+    perceptual_hash: str
+    window_hashes: str | None  # None for evidence stored before windows were kept
+    created_at: datetime
+
+
+def evidence_hashes(session: Session, *, since: datetime | None = None) -> list[EvidenceHashes]:
+    """Every hashed evidence photo, or those added at or after `since`: what the duplicate index
+    is built from at start-up and caught up from afterwards."""
+    query = (
+        select(
+            ClaimPhoto.claim_id,
+            ClaimPhoto.photo_id,
+            Photo.perceptual_hash,
+            Photo.window_hashes,
+            ClaimPhoto.created_at,
+        )
         .join(Photo, Photo.photo_id == ClaimPhoto.photo_id)
         .where(Photo.perceptual_hash.is_not(None))
     )
-    return [(claim_id, photo_id, phash, windows) for claim_id, photo_id, phash, windows in rows]
+    if since is not None:
+        query = query.where(ClaimPhoto.created_at >= since)
+    return [EvidenceHashes(*row) for row in session.execute(query)]
 
 
 @dataclass(frozen=True)

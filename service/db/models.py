@@ -154,7 +154,8 @@ class ClaimPhoto(Base):
     # Other claims whose photos this one (nearly) duplicates, found at upload time.
     duplicate_claims: Mapped[list[Any]]
     model_version: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime]
+    # Indexed: each process reads the evidence committed since it last looked (duplicate index).
+    created_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Review(Base):

@@ -78,6 +78,7 @@ def store_evidence(
         if item.photo.photo_id not in already:
             fresh.setdefault(item.photo.photo_id, item)
     listing_photos = _listing_photos(runtime, listing_id)
+    runtime.sync_duplicate_index()
     own_refs = frozenset(evidence_ref(claim_id, photo_id) for photo_id in already | fresh.keys())
     # One model run for the whole upload. assess_many holds the index lock only for the
     # look-ups (fast, not thread-safe), so concurrent uploads still share micro-batches.
@@ -124,7 +125,7 @@ def store_evidence(
         # Index and pending list change under one lock: a look-up sees the photos in one of them.
         with runtime.duplicates_lock:
             for assessment, ref in zip(assessments, refs, strict=True):
-                if recorded:
+                if recorded and ref not in runtime.duplicates:  # a sync may have read it
                     # Under every window, so a cropped copy in another claim is found too.
                     runtime.duplicates.add_photo(assessment.window_hashes, ref)
                 runtime.pending_photos.discard(ref)
@@ -235,6 +236,7 @@ def _check(runtime: Runtime, key: ApiKey, body: MultipartBody) -> schemas.Eviden
             error.message,
             issues=[rejection_issue(error).to_dict()],
         ) from None
+    runtime.sync_duplicate_index()
     findings = inspect_photo(
         photo,
         listing_photos=listing_photos,
