@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import triage
 from service.api.metrics import Metrics
-from service.assessment import Assessor, heatmap_overlay
+from service.assessment import Assessor, PhotoAssessment, heatmap_overlay, with_duplicates
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.db import crud
@@ -194,6 +194,44 @@ class Runtime:
             return len(new_rows)
         finally:
             self._duplicate_sync_lock.release()
+
+    def register_pending_evidence(
+        self,
+        assessments: Sequence[PhotoAssessment],
+        refs: Sequence[str],
+        *,
+        own_refs: Collection[str],
+    ) -> list[PhotoAssessment]:
+        """Before an upload records its photos: flag those that other uploads still being
+        recorded are adding to other claims (not in the index yet), then register these under
+        `refs` for the uploads after them. Returns the assessments, flagged where so."""
+        with self.duplicates_lock:
+            flagged = [
+                with_duplicates(
+                    assessment,
+                    [
+                        match
+                        for match in self.pending_photos.query(assessment.window_hashes[0])
+                        if match.ref not in own_refs
+                    ],
+                )
+                for assessment in assessments
+            ]
+            for assessment, ref in zip(flagged, refs, strict=True):
+                self.pending_photos.add(assessment.window_hashes, ref)
+        return flagged
+
+    def settle_pending_evidence(
+        self, assessments: Sequence[PhotoAssessment], refs: Sequence[str], *, recorded: bool
+    ) -> None:
+        """After the upload's transaction: its photos move from the pending list into the index
+        (under one lock, so a look-up finds them in one or the other), or, if it failed, go."""
+        with self.duplicates_lock:
+            for assessment, ref in zip(assessments, refs, strict=True):
+                if recorded and ref not in self.duplicates:  # a sync may have read it already
+                    # Under every window, so a cropped copy in another claim is found too.
+                    self.duplicates.add_photo(assessment.window_hashes, ref)
+                self.pending_photos.discard(ref)
 
     def listing_photo(self, photo_id: str) -> Photo:
         """A listing image decoded as intake does; recently used ones are kept decoded."""

@@ -23,7 +23,7 @@ from service.api.routes.listings import MULTIPART_FILES
 from service.api.runtime import Runtime, utcnow
 from service.api.triage import retriage
 from service.api.uploads import MultipartBody, read_multipart
-from service.assessment import PhotoAssessment, with_duplicates
+from service.assessment import PhotoAssessment
 from service.checks import inspect_photo
 from service.db import crud
 from service.db.models import ApiKey, ClaimPhoto
@@ -91,22 +91,7 @@ def store_evidence(
     )
     runtime.metrics.photos_scored.inc(len(assessments))
     refs = [evidence_ref(claim_id, assessment.photo_id) for assessment in assessments]
-    with runtime.duplicates_lock:
-        # Uploads of the same photo to other claims that are still being recorded are not in
-        # the index yet: look them up, then register this upload's photos for the others.
-        assessments = [
-            with_duplicates(
-                assessment,
-                [
-                    match
-                    for match in runtime.pending_photos.query(assessment.window_hashes[0])
-                    if match.ref not in own_refs
-                ],
-            )
-            for assessment in assessments
-        ]
-        for assessment, ref in zip(assessments, refs, strict=True):
-            runtime.pending_photos.add(assessment.window_hashes, ref)
+    assessments = runtime.register_pending_evidence(assessments, refs, own_refs=own_refs)
     recorded = False
     try:
         rows, uploaded, triage = _record_evidence(
@@ -122,13 +107,7 @@ def store_evidence(
             "The same photo was being added to this claim by another request; retry.",
         ) from None
     finally:
-        # Index and pending list change under one lock: a look-up sees the photos in one of them.
-        with runtime.duplicates_lock:
-            for assessment, ref in zip(assessments, refs, strict=True):
-                if recorded and ref not in runtime.duplicates:  # a sync may have read it
-                    # Under every window, so a cropped copy in another claim is found too.
-                    runtime.duplicates.add_photo(assessment.window_hashes, ref)
-                runtime.pending_photos.discard(ref)
+        runtime.settle_pending_evidence(assessments, refs, recorded=recorded)
     data = [views.assessment_public(row) for row in rows if row.photo_id in uploaded]
     return schemas.EvidencePublic(claim_id=claim_id, data=data, count=len(data), triage=triage)
 
