@@ -56,7 +56,7 @@ user=$(docker exec "$name" whoami)
 [[ "$user" != root ]] || fail "the service runs as root"
 docker exec "$name" python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" ||
     fail "torch is installed in the runtime image"
-demo=$(docker exec "$name" triage demo 2>&1 | grep -m1 "^Created")
+demo=$(docker exec "$name" triage demo 2>&1 | sed -n '/^Created/p')
 reviewer_key=$(docker exec "$name" triage keys create --role reviewer | grep -o 'trk_[A-Za-z0-9_-]*' | head -1)
 claims_before=$(curl -fsS -H "Authorization: Bearer $reviewer_key" "http://127.0.0.1:$port/v1/claims?limit=1" |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["count"])')
