@@ -116,7 +116,7 @@ def original_check_ms(photo: bytes, folder: Path, runs: int) -> list[float]:
     return times
 
 
-def heatmap_runs(
+def measure_gets(
     cached_client: httpx.Client,
     cached_urls: list[str],
     plain_client: httpx.Client,
@@ -124,18 +124,20 @@ def heatmap_runs(
     requests: int,
     results: dict[str, list[float]],
 ) -> dict[str, bytes]:
-    """The four heatmap kinds, interleaved like the display copy's; the first PNG of each URL."""
+    """One kind of GET (display copy or heatmap) on both servers, interleaved so that both see
+    the same load: the first GET of each URL, then cached GETs, 304 revalidations and uncached
+    GETs in turn. `results` holds its four series in that order; returns each URL's first body."""
     first, cached, revalidated, uncached = results.values()
-    pngs = {}
+    bodies = {}
     for index, url in enumerate(cached_urls):
-        pngs[url] = timed(lambda url=url: cached_client.get(url), 200, first).content
+        bodies[url] = timed(lambda url=url: cached_client.get(url), 200, first).content
         if len(uncached) < requests:
             timed(lambda i=index: plain_client.get(plain_urls[i]), 200, uncached)
     for index in range(requests):
         url = cached_urls[index % len(cached_urls)]
         response = timed(lambda url=url: cached_client.get(url), 200, cached)
-        if response.content != pngs[url]:
-            raise RuntimeError("the cached heatmap differs from the first one")
+        if response.content != bodies[url]:
+            raise RuntimeError(f"the cached body of {url} differs from the first one")
         etag = response.headers["etag"]
         timed(
             lambda url=url, etag=etag: cached_client.get(url, headers={"If-None-Match": etag}),
@@ -145,7 +147,7 @@ def heatmap_runs(
         if len(uncached) < requests:
             plain_url = plain_urls[index % len(plain_urls)]
             timed(lambda url=plain_url: plain_client.get(url), 200, uncached)
-    return pngs
+    return bodies
 
 
 def main() -> None:
@@ -173,7 +175,6 @@ def main() -> None:
         "If-None-Match -> 304": [],
         "no cache, every GET encodes": [],
     }
-    first, cached, revalidated, uncached = results.values()
     heatmaps: dict[str, list[float]] = {
         "heatmap: first GET (render + store)": [],
         "heatmap: cached GET": [],
@@ -187,25 +188,10 @@ def main() -> None:
         timed(lambda: plain_client.get(plain_urls.pop()), 200, [])
         timed(lambda: cached_client.get(cached_heatmaps.pop()), 200, [])
         timed(lambda: plain_client.get(plain_heatmaps.pop()), 200, [])
-        copies = {}
-        for index, url in enumerate(cached_urls):
-            copies[url] = timed(lambda url=url: cached_client.get(url), 200, first)
-            timed(lambda i=index: plain_client.get(plain_urls[i]), 200, uncached)
-        for index in range(args.requests):
-            url = cached_urls[index % len(cached_urls)]
-            response = timed(lambda url=url: cached_client.get(url), 200, cached)
-            if response.content != copies[url].content:
-                raise RuntimeError("the cached copy differs from the first one")
-            etag = response.headers["etag"]
-            timed(
-                lambda url=url, etag=etag: cached_client.get(url, headers={"If-None-Match": etag}),
-                304,
-                revalidated,
-            )
-            if len(uncached) < args.requests:
-                plain_url = plain_urls[index % len(plain_urls)]
-                timed(lambda url=plain_url: plain_client.get(url), 200, uncached)
-        pngs = heatmap_runs(
+        copies = measure_gets(
+            cached_client, cached_urls, plain_client, plain_urls, args.requests, results
+        )
+        pngs = measure_gets(
             cached_client,
             cached_heatmaps,
             plain_client,
@@ -215,7 +201,7 @@ def main() -> None:
         )
         cached_client.close()
         plain_client.close()
-        size_kb = len(copies[cached_urls[0]].content) / 1024
+        size_kb = len(copies[cached_urls[0]]) / 1024
         png_kb = len(pngs[cached_heatmaps[0]]) / 1024
         hashing = original_check_ms(photo, cached_server.data_dir, args.requests)
     finally:
