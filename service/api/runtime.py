@@ -174,24 +174,24 @@ class Runtime:
             self._duplicates_synced_at = started
             hashes: list[int] = []
             refs: list[str] = []
+            added = 0
             with self.duplicates_lock:
-                new_rows = [
-                    row
-                    for row in rows
-                    if evidence_ref(row.claim_id, row.photo_id) not in self.duplicates
-                ]
-                for row in new_rows:
+                for row in rows:
+                    ref = evidence_ref(row.claim_id, row.photo_id)
+                    if ref in self.duplicates:
+                        continue
                     # Evidence stored before windows were kept is found only by its whole frame.
                     windows = parse_hashes(row.window_hashes or row.perceptual_hash)
                     hashes.extend(windows)
-                    refs.extend([evidence_ref(row.claim_id, row.photo_id)] * len(windows))
+                    refs.extend([ref] * len(windows))
+                    added += 1
                 if hashes:
                     self.duplicates.add_many(hashes, refs)
             if rows:
                 newest = max(row.created_at for row in rows)
                 if self._duplicates_read_to is None or newest > self._duplicates_read_to:
                     self._duplicates_read_to = newest
-            return len(new_rows)
+            return added
         finally:
             self._duplicate_sync_lock.release()
 

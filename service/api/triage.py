@@ -70,9 +70,17 @@ QUEUE_READ_STALE_FACTOR = 2
 
 
 def _retriage_chunk(
-    session: Session, claims: Sequence[Claim], *, policy: PolicyConfig, now: datetime
-) -> None:
-    """`retriage` for each of `claims`, with their photos read in one query and one UPDATE."""
+    session: Session,
+    claim_ids: Sequence[str],
+    *,
+    triaged_before: datetime,
+    policy: PolicyConfig,
+    now: datetime,
+) -> int:
+    """`retriage` for those of `claim_ids` still open and stale (selected again: one may have
+    been decided or re-triaged since it was listed), with their photos read in one query and
+    one UPDATE; returns how many."""
+    claims = crud.stale_open_claims(session, claim_ids=claim_ids, triaged_before=triaged_before)
     photos = crud.claim_photos_by_claim(session, claim_ids=[claim.claim_id for claim in claims])
     updates = [
         crud.TriageUpdate.from_triage(
@@ -82,6 +90,7 @@ def _retriage_chunk(
         for claim in claims
     ]
     crud.set_triages(session, updates=updates, now=now)
+    return len(claims)
 
 
 def _id_chunks(claim_ids: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -100,9 +109,9 @@ def refresh_stale(
     triaged_before = now - max_age
     refreshed = 0
     for chunk in _id_chunks(crud.stale_open_claim_ids(session, triaged_before=triaged_before)):
-        claims = crud.stale_open_claims(session, claim_ids=chunk, triaged_before=triaged_before)
-        _retriage_chunk(session, claims, policy=policy, now=now)
-        refreshed += len(claims)
+        refreshed += _retriage_chunk(
+            session, chunk, triaged_before=triaged_before, policy=policy, now=now
+        )
     return refreshed
 
 
@@ -135,9 +144,9 @@ def refresh_stale_in_chunks(
         if should_stop is not None and should_stop():
             break
         with transaction(sessions) as session:
-            claims = crud.stale_open_claims(session, claim_ids=chunk, triaged_before=triaged_before)
-            _retriage_chunk(session, claims, policy=policy, now=now)
-        refreshed += len(claims)
+            refreshed += _retriage_chunk(
+                session, chunk, triaged_before=triaged_before, policy=policy, now=now
+            )
     return refreshed
 
 
