@@ -314,11 +314,16 @@ def test_display_copy_and_heatmap(api_server: ApiServer) -> None:
         assert reviewer.get(photo["url"]).status_code == 200
 
 
+def one_photo_two_claims(server: ApiServer, seed: int) -> tuple[bytes, str, str]:
+    """A photo and two claims on one listing, by two buyers: the setting for reuse tests."""
+    listing_id = new_listing(server, plain_jpeg(seed=seed))
+    first = new_claim(server, listing_id)
+    second = new_claim(server, listing_id, key=server.keys["other_buyer"])
+    return red_patch_jpeg(seed=seed + 2), first, second
+
+
 def test_reused_photo_from_another_claim_is_flagged_suspicious(api_server: ApiServer) -> None:
-    listing_id = new_listing(api_server, plain_jpeg(seed=31))
-    photo = red_patch_jpeg(seed=33)
-    first = new_claim(api_server, listing_id)
-    second = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    photo, first, second = one_photo_two_claims(api_server, seed=31)
     with api_server.client(api_server.keys["buyer"]) as buyer:
         assert buyer.post(f"/v1/claims/{first}/evidence", files=files(photo)).status_code == 201
         # Uploading the same photo to the same claim again adds nothing and is not "reuse".
@@ -342,10 +347,7 @@ def test_one_photo_uploaded_to_two_claims_at_once_is_flagged(
 ) -> None:
     from service.api.routes import evidence
 
-    listing_id = new_listing(api_server, plain_jpeg(seed=41))
-    photo = red_patch_jpeg(seed=43)
-    first = new_claim(api_server, listing_id)
-    second = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    photo, first, second = one_photo_two_claims(api_server, seed=41)
     record = evidence._record_evidence
     first_is_recording, second_is_done = threading.Event(), threading.Event()
 
@@ -385,10 +387,7 @@ def test_one_photo_uploaded_to_two_claims_at_once_is_flagged(
 def test_a_photo_committed_by_another_process_is_found(api_server: ApiServer) -> None:
     """Two servers on one database (two uvicorn workers, or two containers): the second was
     already running when the first stored the photo, and still finds it."""
-    listing_id = new_listing(api_server, plain_jpeg(seed=51))
-    photo = red_patch_jpeg(seed=53)
-    first = new_claim(api_server, listing_id)
-    second = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    photo, first, second = one_photo_two_claims(api_server, seed=51)
     settings = api_server.settings.model_copy(update={"duplicate_sync_seconds": 0})
     with run_api_server(settings) as other_process:
         with api_server.client(api_server.keys["buyer"]) as buyer:
@@ -408,10 +407,7 @@ def test_an_upload_that_fails_leaves_no_photo_to_be_reused(
 ) -> None:
     from service.api.routes import evidence
 
-    listing_id = new_listing(api_server, plain_jpeg(seed=45))
-    photo = red_patch_jpeg(seed=47)
-    first = new_claim(api_server, listing_id)
-    second = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    photo, first, second = one_photo_two_claims(api_server, seed=45)
     record = evidence._record_evidence
 
     def fail_for_first(runtime: Any, key: Any, claim_id: str, *rest: Any) -> Any:
