@@ -100,9 +100,15 @@ class Settings(BaseSettings):
 
     @property
     def refresh_lock_path(self) -> Path:
-        """Held by the process running a background triage refresh round, so that of several
-        processes serving this data folder only one runs each round."""
+        """Held by the process running a background triage refresh round or start-up
+        maintenance, so that of several processes serving this data folder only one runs
+        each round and they take turns at start-up (`service.api.startup`)."""
         return self.data_dir / "triage-refresh.lock"
+
+    @property
+    def start_up_record_path(self) -> Path:
+        """What the last start-up maintenance in this data folder was done for, and when."""
+        return self.data_dir / "start-up-maintenance.json"
 
     @property
     def resolved_database_url(self) -> str:

@@ -20,7 +20,8 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 _PHOTO_ID = re.compile(r"^[0-9a-f]{64}$")
@@ -159,6 +160,16 @@ class DisplayCache(SealedFileCache):
         super().__init__(root, version=version, suffix=".jpg", kind="display copy")
 
 
+@dataclass(frozen=True)
+class HeatmapFiles:
+    """A listing of the heatmap cache: the keys of its PNGs, sorted, and its strays, the PNGs
+    whose names are no key (the layout before keys began with the photo id, `<digest>.png`),
+    which nothing can serve or clean up any more."""
+
+    keys: list[str]
+    strays: list[Path]
+
+
 class HeatmapCache(SealedFileCache):
     """Heatmap overlay PNGs under `root/v<version>/ab/cd/<photo_id>-<digest>.png` (ab/cd from
     the photo id), where the digest is the SHA-256 of everything that determines the PNG's bytes
@@ -178,18 +189,23 @@ class HeatmapCache(SealedFileCache):
         folder = self.root / photo_id[:2] / photo_id[2:4]
         return self._keys(folder.glob(f"{photo_id}-*{self.suffix}"))
 
-    def keys(self) -> list[str]:
-        """The keys of every cached PNG (temporary files of writes in progress are not keys)."""
-        return self._keys(self.root.glob(f"*/*/*{self.suffix}"))
+    def files(self) -> HeatmapFiles:
+        """Every cached PNG, from one listing of the whole cache (thousands of folders, so the
+        start-up sweep lists it once for both of its uses); temporary files of writes in
+        progress are neither keys nor strays."""
+        keys: list[str] = []
+        strays: list[Path] = []
+        for path in self.root.glob(f"*/*/*{self.suffix}"):
+            name = path.name.removesuffix(self.suffix)
+            if self.is_key(name):
+                keys.append(name)
+            else:
+                strays.append(path)
+        return HeatmapFiles(keys=sorted(keys), strays=sorted(strays))
 
-    def discard_strays(self) -> int:
-        """Delete the PNGs whose names are no key: the layout before keys began with the photo
-        id (`<digest>.png`), which nothing can serve or clean up any more. Returns how many."""
-        strays = [
-            path
-            for path in self.root.glob(f"*/*/*{self.suffix}")
-            if not self.is_key(path.name.removesuffix(self.suffix))
-        ]
+    @staticmethod
+    def discard_strays(strays: Sequence[Path]) -> int:
+        """Delete these stray PNGs (`HeatmapFiles.strays`); returns how many."""
         for path in strays:
             path.unlink(missing_ok=True)
         return len(strays)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import io
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy.orm import Session
+
+from service.db import crud
+from service.db.models import ClaimPhoto, Photo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -56,6 +61,53 @@ def encode(image: Image.Image, fmt: str = "JPEG", **save_kwargs: object) -> byte
 @pytest.fixture
 def sharp_jpeg() -> bytes:
     return encode(textured_image(), "JPEG", quality=92)
+
+
+def add_bare_photo(
+    session: Session,
+    photo_id: str,
+    *,
+    now: datetime,
+    image_format: str = "JPEG",
+    byte_size: int = 1000,
+    size: tuple[int, int] = (640, 480),
+    perceptual_hash: str | None = None,
+    window_hashes: str | None = None,
+) -> Photo:
+    """A `photos` row written through crud, without GPS; by default a listing image (no hashes)
+    of a 640x480 JPEG that no photo store holds."""
+    return crud.get_or_add_photo(
+        session,
+        photo_id=photo_id,
+        image_format=image_format,
+        byte_size=byte_size,
+        size=size,
+        has_gps=False,
+        perceptual_hash=perceptual_hash,
+        window_hashes=window_hashes,
+        now=now,
+    )
+
+
+def add_bare_evidence(
+    session: Session, claim_id: str, photo_id: str, *, now: datetime
+) -> ClaimPhoto:
+    """`photo_id` (already stored) as evidence in `claim_id`, written through crud with no
+    assessment: no scores, issues, damage map or duplicates."""
+    return crud.add_claim_photo(
+        session,
+        claim_id=claim_id,
+        photo_id=photo_id,
+        filename=None,
+        damage=None,
+        mismatch=None,
+        match_similarity=None,
+        issues=[],
+        damage_map=None,
+        duplicate_claims=[],
+        model_version="test",
+        now=now,
+    )
 
 
 # API and database fixtures (tests/api_server.py): `database_url` (SQLite, and PostgreSQL where

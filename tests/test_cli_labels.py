@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from api_server import ApiServer, reset_postgres
-from conftest import encode, textured_image
+from conftest import add_bare_evidence, add_bare_photo, encode, textured_image
 from PIL import Image
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -212,16 +212,13 @@ class Store:
         photo_id = self.photos.put(data)
         with Image.open(io.BytesIO(data)) as image:
             size = image.size
-        crud.get_or_add_photo(
+        add_bare_photo(
             session,
-            photo_id=photo_id,
+            photo_id,
+            now=T0,
             image_format=sniff_format(data[:32]) or "JPEG",
             byte_size=len(data),
             size=size,
-            has_gps=False,
-            perceptual_hash=None,
-            window_hashes=None,
-            now=T0,
         )
         return photo_id
 
@@ -256,20 +253,7 @@ class Store:
             for data in evidence:
                 photo_id = self.photo(session, data)
                 session.flush()
-                crud.add_claim_photo(
-                    session,
-                    claim_id=claim.claim_id,
-                    photo_id=photo_id,
-                    filename=None,
-                    damage=None,
-                    mismatch=None,
-                    match_similarity=None,
-                    issues=[],
-                    damage_map=None,
-                    duplicate_claims=[],
-                    model_version="test",
-                    now=T0,
-                )
+                add_bare_evidence(session, claim.claim_id, photo_id, now=T0)
                 session.flush()
                 photo_ids.append(photo_id)
             return claim.claim_id, photo_ids

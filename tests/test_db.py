@@ -11,6 +11,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from conftest import add_bare_evidence, add_bare_photo
 from sqlalchemy import Engine, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.auth import Role
 from service.db import crud
 from service.db.migrate import alembic_config, upgrade_to_head
-from service.db.models import AuditEvent, Base, Claim, Photo
+from service.db.models import AuditEvent, Base, Claim
 from service.db.session import make_engine, make_session_factory, transaction
 from service.policy import Triage
 
@@ -237,50 +238,19 @@ def test_queue_depth_counts_open_claims_by_lane(
     assert after.get("suspicious", 0) == before.get("suspicious", 0) + 1
 
 
-def _photo(
-    session: Session, photo_id: str, perceptual_hash: str | None, windows: str | None
-) -> Photo:
-    return crud.get_or_add_photo(
-        session,
-        photo_id=photo_id,
-        image_format="JPEG",
-        byte_size=1000,
-        size=(640, 480),
-        has_gps=False,
-        perceptual_hash=perceptual_hash,
-        window_hashes=windows,
-        now=NOW,
-    )
-
-
-def _evidence(session: Session, claim_id: str, photo_id: str) -> None:
-    crud.add_claim_photo(
-        session,
-        claim_id=claim_id,
-        photo_id=photo_id,
-        filename=None,
-        damage=None,
-        mismatch=None,
-        match_similarity=None,
-        issues=[],
-        damage_map=None,
-        duplicate_claims=[],
-        model_version="test",
-        now=NOW,
-    )
-
-
 def test_a_listing_image_used_as_evidence_is_indexed_with_its_windows(
     sessions: sessionmaker[Session], buyer_key_id: str
 ) -> None:
     photo_id = "e" * 64
     windows = "00000000000000ff 0000000000000f0f"
     with transaction(sessions) as session:
-        assert _photo(session, photo_id, None, None).window_hashes is None  # a listing image
+        assert add_bare_photo(session, photo_id, now=NOW).window_hashes is None  # a listing image
         session.flush()
         claim_id = _claim(session, buyer_key_id, "windows", NOW)
-        _photo(session, photo_id, "00000000000000ff", windows)
-        _evidence(session, claim_id, photo_id)
+        add_bare_photo(
+            session, photo_id, now=NOW, perceptual_hash="00000000000000ff", window_hashes=windows
+        )
+        add_bare_evidence(session, claim_id, photo_id, now=NOW)
     with sessions() as session:
         (row,) = [row for row in crud.evidence_hashes(session) if row.claim_id == claim_id]
     assert (row.photo_id, row.perceptual_hash, row.window_hashes) == (

@@ -475,10 +475,15 @@ def test_heatmap_cache_lists_a_photos_pngs_and_discards_them(tmp_path: Path) -> 
         cache.put(key, b"\x89PNG")
     folder = cache.path_for(keys[0]).parent
     (folder / ".incoming-x1y2z3").write_bytes(b"a write in progress")
-    (folder / f"{photo}.png").write_bytes(b"not a heatmap key")
+    stray = folder / f"{photo}.png"
+    stray.write_bytes(b"not a heatmap key")
     assert cache.keys_of(photo) == keys
     assert cache.keys_of("ef" * 32) == []
-    assert cache.keys() == sorted([*keys, heatmap_cache_key(other, "3" * 64)])
+    files = cache.files()
+    assert files.keys == sorted([*keys, heatmap_cache_key(other, "3" * 64)])
+    assert files.strays == [stray]
+    assert cache.discard_strays(files.strays) == 1
+    assert not stray.exists() and cache.files().keys == files.keys
     assert cache.discard(keys[0]) is True
     assert cache.discard(keys[0]) is False  # already gone: fine
     assert cache.keys_of(photo) == [keys[1]]

@@ -1,11 +1,17 @@
 """Re-triage of many claims at once (start-up, queue reads): the same triage as `retriage` per
-claim, in a number of SQL statements that depends on the number of chunks, not of claims."""
+claim, in a number of SQL statements that depends on the number of chunks, not of claims. And
+start-up maintenance (that re-triage and the heatmap sweep) once per deployment start: runtimes
+starting together on one data folder do it once, unless their policy or model differs."""
 
 from __future__ import annotations
 
+import itertools
 import random
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,19 +19,30 @@ from typing import Any
 
 import pytest
 from api_server import reset_postgres
+from conftest import add_bare_photo
 from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 import service.api.runtime as runtime_module
-from service.api import triage
-from service.api.runtime import Runtime
+from service.api import startup, triage
+from service.api.refresher import round_lock
+from service.api.runtime import HEATMAP_FORMAT_VERSION, Runtime, heatmap_key
+from service.api.startup import (
+    MaintenanceRecord,
+    StartUpMaintenance,
+    maintain_once_per_start,
+    maintenance_fingerprint,
+    read_record,
+    write_record,
+)
 from service.auth import Role
 from service.config import Settings
 from service.db import crud
 from service.db.migrate import upgrade_to_head
 from service.db.models import Claim, ClaimPhoto
 from service.db.session import make_engine, make_session_factory, transaction
-from service.policy import CLAIM_REASONS, PolicyConfig
+from service.policy import CLAIM_REASONS, PolicyConfig, PriorityWeights
+from service.store import HeatmapCache
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 CREATED = NOW - timedelta(days=30)  # when the test claims got their placeholder triage
@@ -66,6 +83,12 @@ def engine(database: str) -> Iterator[Engine]:
 @pytest.fixture
 def sessions(engine: Engine) -> sessionmaker[Session]:
     return make_session_factory(engine)
+
+
+@pytest.fixture
+def settings(database: str, tiny_model_dir: Path, tmp_path: Path) -> Settings:
+    """The service on that database, with the tiny model and a data folder of its own."""
+    return Settings(data_dir=tmp_path / "data", database_url=database, model_dir=tiny_model_dir)
 
 
 def add_claims(sessions: sessionmaker[Session], count: int, *, seed: int) -> list[str]:
@@ -109,17 +132,7 @@ def add_claims(sessions: sessionmaker[Session], count: int, *, seed: int) -> lis
         for claim, photos in claims:
             for position in reversed(range(photos)):
                 photo_id = f"{rng.getrandbits(256):064x}"
-                crud.get_or_add_photo(
-                    session,
-                    photo_id=photo_id,
-                    image_format="JPEG",
-                    byte_size=1000,
-                    size=(640, 480),
-                    has_gps=False,
-                    perceptual_hash=None,
-                    window_hashes=None,
-                    now=CREATED,
-                )
+                add_bare_photo(session, photo_id, now=CREATED)
                 session.flush()
                 session.add(
                     ClaimPhoto(
@@ -195,18 +208,13 @@ def counting_statements(engine: Engine) -> Iterator[list[str]]:
 
 
 def test_start_up_stores_the_same_triage_as_per_claim_retriage(
-    database: str,
-    sessions: sessionmaker[Session],
-    tiny_model_dir: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     claim_ids = add_claims(sessions, 300, seed=1)
     before = stored(sessions, claim_ids)
     # Small chunks, so that several chunks (and their commits) are exercised.
     monkeypatch.setattr(triage, "REFRESH_CHUNK", 64)
     monkeypatch.setattr(runtime_module, "utcnow", lambda: NOW)
-    settings = Settings(data_dir=tmp_path / "data", database_url=database, model_dir=tiny_model_dir)
     runtime = Runtime.start(settings)
     try:
         policy = runtime.policy
@@ -282,3 +290,209 @@ def test_refresh_statements_grow_with_chunks_not_claims(
             session, policy=POLICY, now=later + timedelta(hours=2), max_age=timedelta(0)
         )
     assert len(queue_read) == 1 + 3 * chunks, queue_read
+
+
+# --- start-up maintenance: once per deployment start, not once per worker -----------------------
+
+EARLIER = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)  # when a process began starting
+
+
+@pytest.mark.parametrize(
+    ("record", "runs"),
+    [
+        (None, True),
+        (MaintenanceRecord("mine", EARLIER + timedelta(seconds=2)), False),
+        (MaintenanceRecord("mine", EARLIER - timedelta(seconds=2)), True),
+        (MaintenanceRecord("mine", EARLIER), True),
+        (MaintenanceRecord("theirs", EARLIER + timedelta(seconds=2)), True),
+    ],
+    ids=[
+        "first start",
+        "done by a worker of this start",
+        "done by an earlier start",
+        "done at the instant this one began: order unknown",
+        "done since, with another policy or model",
+    ],
+)
+def test_maintenance_is_skipped_only_when_done_for_the_same_fingerprint_since_this_start(
+    tmp_path: Path, record: MaintenanceRecord | None, runs: bool
+) -> None:
+    record_path = tmp_path / "start-up-maintenance.json"
+    if record is not None:
+        write_record(record_path, record)
+    done = StartUpMaintenance(claims_retriaged=3, heatmaps_removed=1)
+    calls: list[str] = []
+
+    def maintain() -> StartUpMaintenance:
+        calls.append("maintained")
+        return done
+
+    result = maintain_once_per_start(
+        maintain,
+        lock_path=tmp_path / "lock",
+        record_path=record_path,
+        fingerprint="mine",
+        started_at=EARLIER,
+    )
+    after = read_record(record_path)
+    assert after is not None
+    if runs:
+        assert (result, calls) == (done, ["maintained"])
+        assert after.fingerprint == "mine" and after.finished_at > EARLIER
+    else:
+        assert (result, calls, after) == (None, [], record)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "",
+        "{",
+        '{"fingerprint": "mine"}',
+        '{"fingerprint": "mine", "finished_at": 1}',
+        '{"fingerprint": "mine", "finished_at": "2025-06-01T09:00:00"}',  # no time zone
+    ],
+)
+def test_a_missing_or_unreadable_record_reads_as_none_so_the_work_is_done_again(
+    tmp_path: Path, content: str
+) -> None:
+    path = tmp_path / "start-up-maintenance.json"
+    assert read_record(path) is None
+    path.write_text(content)
+    assert read_record(path) is None
+
+
+def test_the_fingerprint_changes_with_the_database_the_policy_and_the_model() -> None:
+    base: dict[str, Any] = {
+        "database_url": "sqlite:///a.sqlite3",
+        "policy": POLICY,
+        "model_version": "evidence-lite0-1.1.0",
+    }
+    fingerprint = maintenance_fingerprint(**base)
+    assert maintenance_fingerprint(**base) == fingerprint
+    for change in (
+        {"database_url": "postgresql+psycopg://db/triage"},
+        {"policy": POLICY.model_copy(update={"damage_high": 0.9})},
+        {"policy": POLICY.model_copy(update={"weights": PriorityWeights(escalated=40.0)})},
+        {"model_version": "evidence-lite0-1.2.0"},
+    ):
+        assert maintenance_fingerprint(**(base | change)) != fingerprint, change
+
+
+@dataclass
+class StartUps:
+    """Runtimes started in this test: `together` starts them as uvicorn workers start, and
+    `maintenances` holds every start-up maintenance that ran, with the policy it ran with, in
+    the order they ran (one at a time: under the lock)."""
+
+    maintenances: list[tuple[PolicyConfig, StartUpMaintenance]] = field(default_factory=list)
+    # Released by each runtime as it reaches the maintenance lock.
+    arrived: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
+
+    @contextmanager
+    def together(self, *every_settings: Settings) -> Iterator[list[Runtime]]:
+        """Runtimes started in threads while the test holds the maintenance lock, released only
+        once every one of them has begun starting and reached it: so no start comes after a
+        maintenance ended, whichever of them takes the lock first."""
+        lock_path = every_settings[0].refresh_lock_path
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(len(every_settings)) as pool:
+            with round_lock(lock_path) as held:
+                assert held
+                starting = [pool.submit(Runtime.start, settings) for settings in every_settings]
+                for _ in every_settings:
+                    assert self.arrived.acquire(timeout=60)
+            runtimes = [future.result(timeout=60) for future in starting]
+        try:
+            yield runtimes
+        finally:
+            for runtime in runtimes:
+                runtime.close()
+
+
+@pytest.fixture
+def start_ups(monkeypatch: pytest.MonkeyPatch) -> StartUps:
+    observed = StartUps()
+    maintain = Runtime.start_up_maintenance
+
+    def recording(self: Runtime) -> StartUpMaintenance:
+        result = maintain(self)
+        observed.maintenances.append((self.policy, result))
+        return result
+
+    def arriving(path: Path, *, wait: bool = False) -> AbstractContextManager[bool]:
+        observed.arrived.release()
+        return round_lock(path, wait=wait)
+
+    # Alembic runs a migration through module-level state, so two at once in one process break
+    # each other; workers are processes, each with its own. The database is at head already.
+    migrating = threading.Lock()
+
+    def upgrade_one_at_a_time(engine: Engine) -> None:
+        with migrating:
+            upgrade_to_head(engine)
+
+    monkeypatch.setattr(Runtime, "start_up_maintenance", recording)
+    monkeypatch.setattr(startup, "round_lock", arriving)
+    monkeypatch.setattr(runtime_module, "upgrade_to_head", upgrade_one_at_a_time)
+    return observed
+
+
+def open_claim_ids(sessions: sessionmaker[Session]) -> set[str]:
+    with sessions() as session:
+        return set(
+            session.scalars(select(Claim.claim_id).where(Claim.status.in_(crud.OPEN_STATUSES)))
+        )
+
+
+def test_runtimes_starting_together_maintain_once_and_a_later_start_again(
+    settings: Settings, sessions: sessionmaker[Session], start_ups: StartUps
+) -> None:
+    claim_ids = add_claims(sessions, 80, seed=5)
+    cache = HeatmapCache(settings.heatmap_dir, version=HEATMAP_FORMAT_VERSION)
+    # A PNG of a photo that is no evidence, and one named as before keys began with the photo.
+    unservable = heatmap_key("0f" * 32, [[0.5] * 7 for _ in range(7)], 224)
+    cache.put(unservable, b"\x89PNG left behind")
+    stray = cache.path_for(unservable).with_name("ab" * 32 + ".png")
+    stray.write_bytes(b"\x89PNG old layout")
+    with start_ups.together(settings, settings):
+        pass
+    open_ids = open_claim_ids(sessions)
+    assert [done for _, done in start_ups.maintenances] == [
+        StartUpMaintenance(claims_retriaged=len(open_ids), heatmaps_removed=2)
+    ]
+    assert not cache.path_for(unservable).exists() and not stray.exists()
+    retriaged = stored(sessions, claim_ids)
+    assert all(retriaged[claim_id][5] > CREATED for claim_id in open_ids)
+    # A later start may run other code, and requests may have left PNGs behind: it maintains.
+    stray.write_bytes(b"\x89PNG old layout")
+    Runtime.start(settings).close()
+    assert len(start_ups.maintenances) == 2
+    assert start_ups.maintenances[1][1].heatmaps_removed == 1
+    assert not stray.exists()
+
+
+def test_a_runtime_with_another_policy_maintains_again_and_the_last_one_wins(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    start_ups: StartUps,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    claim_ids = add_claims(sessions, 80, seed=6)
+    # A clock that moves on at each reading, as a real one does between the two maintenances.
+    seconds = itertools.count()
+    monkeypatch.setattr(runtime_module, "utcnow", lambda: NOW + timedelta(seconds=next(seconds)))
+    escalation_first = settings.model_copy(
+        update={"policy": PolicyConfig(weights=PriorityWeights(escalated=60.0))}
+    )
+    with start_ups.together(settings, escalation_first) as runtimes:
+        policies = [runtime.policy for runtime in runtimes]
+    assert policies[0] != policies[1]
+    ran_with = [policy for policy, _ in start_ups.maintenances]
+    assert ran_with in (policies, policies[::-1])
+    after = stored(sessions, claim_ids)
+    (last_run,) = {after[claim_id][5] for claim_id in open_claim_ids(sessions)}
+    expected = per_claim_retriage(sessions, claim_ids, ran_with[-1], last_run)
+    assert {claim_id: after[claim_id] for claim_id in expected} == expected
+    # The two policies do triage differently, so the stored triage tells which ran last.
+    assert per_claim_retriage(sessions, claim_ids, ran_with[0], last_run) != expected

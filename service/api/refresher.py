@@ -11,7 +11,9 @@ try again at their next interval. The lock is taken without waiting, in the roun
 (never on the event loop), on a file opened for that round alone: flock belongs to the open file
 description, so two refreshers in one process exclude each other as two processes do, and closing
 the file releases it whatever the round did. The lock file itself is never deleted: removing it
-while another process holds or is opening it would let two rounds run at once.
+while another process holds or is opening it would let two rounds run at once. Start-up
+maintenance (`service.api.startup`) takes the same lock, waiting for it, so a round never
+interleaves its writes with another process's start-up re-triage.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ RefreshRound = Callable[[Callable[[], bool]], int]
 
 
 @contextmanager
-def round_lock(path: Path) -> Iterator[bool]:
-    """Tries once, without blocking, to take an exclusive lock on `path` (created if missing);
-    yields whether it did. Held until the block ends, however it ends."""
+def round_lock(path: Path, *, wait: bool = False) -> Iterator[bool]:
+    """Takes an exclusive lock on `path` (created if missing): tries once without blocking, or
+    with `wait` blocks until it is free; yields whether it holds it (always True with `wait`).
+    Held until the block ends, however it ends."""
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             acquired = False
         else:

@@ -2,6 +2,8 @@
 
 Built once by the lifespan (`Runtime.start`), so the model is loaded once per process and a
 misconfiguration (bad database URL, missing model) stops start-up instead of the first request.
+Start-up maintenance (re-triage of every open claim, the heatmap sweep) runs once per deployment
+start, not once per process: see `service.api.startup`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +26,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import triage
 from service.api.metrics import Metrics
+from service.api.startup import (
+    StartUpMaintenance,
+    maintain_once_per_start,
+    maintenance_fingerprint,
+)
 from service.assessment import Assessor, PhotoAssessment, heatmap_overlay, with_duplicates
 from service.batching import MicroBatcher
 from service.config import Settings
@@ -94,6 +101,8 @@ class Runtime:
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
+        # Start-up maintenance done by another process after this moment is not done again.
+        started_at = utcnow()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db_engine = make_engine(settings.resolved_database_url)
         upgrade_to_head(db_engine)
@@ -122,21 +131,39 @@ class Runtime:
             ),
         )
         runtime.sync_duplicate_index(force=True)
-        heatmaps_removed = runtime.sweep_heatmaps()
-        # The policy configuration may have changed since the last run. Committed chunk by
-        # chunk: with many open claims one transaction would lock the table for all of start-up.
-        refreshed = triage.refresh_stale_in_chunks(
-            sessions, policy=policy, now=utcnow(), max_age=timedelta(0)
+        maintenance = maintain_once_per_start(
+            runtime.start_up_maintenance,
+            lock_path=settings.refresh_lock_path,
+            record_path=settings.start_up_record_path,
+            fingerprint=maintenance_fingerprint(
+                database_url=settings.resolved_database_url,
+                policy=policy,
+                model_version=scoring.model_version,
+            ),
+            started_at=started_at,
         )
         logger.info(
             "started",
             extra={
                 "model_version": scoring.model_version,
-                "claims_retriaged": refreshed,
-                "heatmaps_removed": heatmaps_removed,
+                # Skipped: another process did it since this one began starting.
+                "start_up_maintenance": "skipped" if maintenance is None else "done",
+                **(asdict(maintenance) if maintenance is not None else {}),
             },
         )
         return runtime
+
+    def start_up_maintenance(self) -> StartUpMaintenance:
+        """Sweep the heatmap cache and re-triage every open claim with this process's policy:
+        its configuration may have changed since the last run. Committed chunk by chunk: with
+        many open claims one transaction would lock the table for all of start-up."""
+        heatmaps_removed = self.sweep_heatmaps()
+        claims_retriaged = triage.refresh_stale_in_chunks(
+            self.sessions, policy=self.policy, now=utcnow(), max_age=timedelta(0)
+        )
+        return StartUpMaintenance(
+            claims_retriaged=claims_retriaged, heatmaps_removed=heatmaps_removed
+        )
 
     def refresh_stale_triage(self, *, should_stop: Callable[[], bool] | None = None) -> int:
         """One background round: re-triage open claims older than the refresh age, committed
@@ -286,9 +313,10 @@ class Runtime:
     def sweep_heatmaps(self) -> int:
         """At start-up: delete every cached PNG whose damage map is no longer stored, those a
         request wrote while racing a clean-up included (see `discard_unservable_heatmaps`), and
-        any PNG left in an older naming layout."""
-        return self.heatmaps.discard_strays() + self.discard_unservable_heatmaps(
-            self.heatmaps.keys()
+        any PNG left in an older naming layout. The cache is listed once, for both."""
+        files = self.heatmaps.files()
+        return self.heatmaps.discard_strays(files.strays) + self.discard_unservable_heatmaps(
+            files.keys
         )
 
     def render_heatmap(self, original: bytes, damage_map: list[list[float]]) -> bytes:
