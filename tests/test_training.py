@@ -263,3 +263,41 @@ def test_tiny_run_releases_the_file_it_calibrated_and_the_engine_serves_it(
     photo = open_photo(load_packages(shared_data)[0].path.read_bytes()).image
     (output,) = engine.infer([photo])
     assert 0.0 <= output.damage <= 1.0 and output.heatmap.shape == (7, 7)
+
+
+@pytest.mark.shared_data
+def test_more_variants_keep_the_recipe_samples(shared_data: Path) -> None:
+    """bench/recipe_study.py trains the recipe on a subset of a larger rendered pool: the
+    samples of a recipe with fewer variants must be exactly samples of the larger one."""
+    from training.config import TrainConfig
+    from training.data import make_splits
+    from training.samples import training_samples
+
+    config = TrainConfig(data_root=str(shared_data), max_photos_per_product=3, max_packages=20)
+    splits = make_splits(shared_data, config.val_fraction, config.test_fraction, config.seed)
+    recipe, _ = training_samples(config, splits)
+    larger = TrainConfig(
+        **{**config.to_dict(), "photo_variants": 8, "catalog_variants": 48, "package_variants": 8}
+    )
+    pool, _ = training_samples(larger, splits)
+    assert len(pool) > len(recipe)
+    assert set(recipe) <= set(pool)
+
+
+@pytest.mark.shared_data
+def test_rendering_in_worker_processes_matches_rendering_in_one(shared_data: Path) -> None:
+    from training.config import TrainConfig
+    from training.data import make_splits
+    from training.samples import training_samples
+    from training.train import rendered_batches
+
+    config = TrainConfig(data_root=str(shared_data), max_photos_per_product=1, max_packages=4)
+    splits = make_splits(shared_data, config.val_fraction, config.test_fraction, config.seed)
+    samples = training_samples(config, splits)[0][::12][:40]
+    serial = [item for batch in rendered_batches(samples, workers=1) for item in batch]
+    parallel = [item for batch in rendered_batches(samples, workers=2) for item in batch]
+    assert len(serial) == len(parallel) == len(samples)
+    for one, other in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(one.image, other.image)
+        np.testing.assert_array_equal(one.map_target, other.map_target)
+        assert (one.damage, one.kinds) == (other.damage, other.kinds)

@@ -47,6 +47,8 @@ class TrainConfig:
     embedding_loss_weight: float = 1.0
     checkpoint_every: int = 100
     threads: int = 2
+    device: str = "cpu"  # "cuda" trains on a GPU (same recipe; the figures differ by float noise)
+    render_workers: int = 1  # processes that render samples for the caches (>1 feeds a GPU)
     # Evaluation
     eval_limit: int = 0  # 0 = all held-out images; small values for tests and quick looks
     tiles_intact_limit: int = 200

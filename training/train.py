@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from training.samples import (
     KIND_CATALOG,
     KIND_PACKAGE,
     KIND_PHOTO,
+    Rendered,
     Sample,
     heldout_samples,
     render,
@@ -37,6 +40,9 @@ from training.samples import (
 )
 
 CACHE_BATCH = 32
+# NHWC activations: the CPU convolution kernels run this network's prefix ~1.45x and a
+# fine-tuning step ~1.5x faster in it (measured on the 2-core machine); same arithmetic.
+CHANNELS_LAST = torch.channels_last
 
 
 @dataclass
@@ -54,20 +60,53 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self.kind)
 
+    def to(self, device: torch.device | str) -> PrefixCache:
+        return PrefixCache(
+            features=self.features.to(device),
+            damage=self.damage.to(device),
+            map_target=self.map_target.to(device),
+            has_map=self.has_map.to(device),
+            product=self.product.to(device),
+            kind=self.kind,
+            kinds_drawn=self.kinds_drawn,
+        )
+
 
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
 
 
+def rendered_batches(samples: list[Sample], workers: int) -> Iterator[list[Rendered]]:
+    """`render` over the samples in order, CACHE_BATCH at a time; in `workers` processes when
+    there is more than one (rendering is pure Python and NumPy: it is what keeps a GPU waiting)."""
+    if workers <= 1:
+        for start in range(0, len(samples), CACHE_BATCH):
+            yield [render(sample) for sample in samples[start : start + CACHE_BATCH]]
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        batch: list[Rendered] = []
+        for item in pool.imap(render, samples, chunksize=8):
+            batch.append(item)
+            if len(batch) == CACHE_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+
 @torch.no_grad()
-def build_prefix_cache(model: EvidenceNet, samples: list[Sample], description: str) -> PrefixCache:
+def build_prefix_cache(
+    model: EvidenceNet, samples: list[Sample], description: str, workers: int = 1
+) -> PrefixCache:
     model.eval()
+    device = model_device(model)
     features, damage, targets, has_map, kinds_drawn = [], [], [], [], []
-    for start in tqdm(range(0, len(samples), CACHE_BATCH), desc=description, unit="batch"):
-        rendered = [render(sample) for sample in samples[start : start + CACHE_BATCH]]
-        images = torch.from_numpy(np.stack([item.image for item in rendered]))
-        features.append(model.prefix(images).half())
+    batches = rendered_batches(samples, workers)
+    total = math.ceil(len(samples) / CACHE_BATCH)
+    for rendered in tqdm(batches, total=total, desc=description, unit="batch"):
+        images = torch.from_numpy(np.stack([item.image for item in rendered])).to(device)
+        features.append(model.prefix(images.contiguous(memory_format=CHANNELS_LAST)).half().cpu())
         damage.extend(item.damage for item in rendered)
         targets.extend(item.map_target for item in rendered)
         has_map.extend(item.has_map for item in rendered)
@@ -81,6 +120,10 @@ def build_prefix_cache(model: EvidenceNet, samples: list[Sample], description: s
         kind=[sample.kind for sample in samples],
         kinds_drawn=kinds_drawn,
     )
+
+
+def model_device(model: EvidenceNet) -> torch.device:
+    return next(model.parameters()).device
 
 
 def cached(path: Path, build: Any) -> PrefixCache:
@@ -112,7 +155,7 @@ class BatchSampler:
     def __init__(self, cache: PrefixCache, coarse_class: list[str], config: TrainConfig) -> None:
         self.config = config
         kinds = np.array(cache.kind)
-        products = cache.product.numpy()
+        products = cache.product.cpu().numpy()
         self.photo_rows = defaultdict(list)
         self.catalog_rows = defaultdict(list)
         for row, (kind, product) in enumerate(zip(kinds, products, strict=True)):
@@ -183,7 +226,7 @@ def embedding_loss(
     contrastive = F.cross_entropy(similarity / temperature, photo_owner)
     positive = similarity.gather(1, photo_owner[:, None]).squeeze(1)
     hard_pool = same_class[photo_owner].clone()
-    hard_pool[torch.arange(len(photo_owner)), photo_owner] = False
+    hard_pool[torch.arange(len(photo_owner), device=photo_owner.device), photo_owner] = False
     hardest = similarity.masked_fill(~hard_pool, -2.0).amax(dim=1)
     has_hard = hard_pool.any(dim=1)
     triplet = F.relu(margin + hardest - positive)[has_hard]
@@ -211,7 +254,7 @@ def train_one_epoch(
         photos, catalogs, packages = sampler.sample(rng)
         rows = torch.from_numpy(np.concatenate([photos, catalogs, packages]))
         damage_logit, damage_map, embedding = model.forward_from_prefix(
-            cache.features[rows].float()
+            cache.features[rows].float().contiguous(memory_format=CHANNELS_LAST)
         )
         image_loss, map_loss = damage_losses(damage_logit, damage_map, cache, rows)
         owners = cache.product[torch.from_numpy(catalogs)]
@@ -219,7 +262,9 @@ def train_one_epoch(
             (cache.product[torch.from_numpy(photos)][:, None] == owners[None]).float().argmax(dim=1)
         )
         classes = [coarse_class[int(p)] for p in owners]
-        same_class = torch.tensor([[a == b for b in classes] for a in classes])
+        same_class = torch.tensor(
+            [[a == b for b in classes] for a in classes], device=embedding.device
+        )
         match_loss = embedding_loss(
             embedding[: len(photos)],
             embedding[len(photos) : len(photos) + len(catalogs)],
@@ -251,14 +296,18 @@ def train_one_epoch(
 @torch.no_grad()
 def predict_cache(model: EvidenceNet, cache: PrefixCache, batch: int = 64) -> dict[str, np.ndarray]:
     model.eval()
+    device = model_device(model)
     outputs: dict[str, list[np.ndarray]] = defaultdict(list)
     for start in range(0, len(cache), batch):
         logits, maps, embeddings = model.forward_from_prefix(
-            cache.features[start : start + batch].float()
+            cache.features[start : start + batch]
+            .to(device)
+            .float()
+            .contiguous(memory_format=CHANNELS_LAST)
         )
-        outputs["damage_logit"].append(logits.numpy())
-        outputs["damage_map"].append(maps.numpy())
-        outputs["embedding"].append(embeddings.numpy())
+        outputs["damage_logit"].append(logits.cpu().numpy())
+        outputs["damage_map"].append(maps.cpu().numpy())
+        outputs["embedding"].append(embeddings.cpu().numpy())
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
 
@@ -267,7 +316,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Quick held-out figures: damage AUROC (synthetic on unseen products, real packages) and
     mismatch AUROC (own listing against a same-class listing)."""
-    return quick_figures(samples, cache.damage.numpy(), predict_cache(model, cache), splits)
+    return quick_figures(samples, cache.damage.cpu().numpy(), predict_cache(model, cache), splits)
 
 
 def make_optimizer(
@@ -322,13 +371,27 @@ def data_caches(
         samples = heldout_samples(config, splits, split)
     key = cache_key(samples, config.split_block)
     path = Path(config.run_dir).parent / "cache" / f"{split}-{key}.pt"
-    return cached(path, lambda: build_prefix_cache(model, samples, f"cache {split}")), samples
+
+    def build() -> PrefixCache:
+        return build_prefix_cache(model, samples, f"cache {split}", workers=config.render_workers)
+
+    return cached(path, build), samples
 
 
 # Fields that may change between a checkpoint and its resumption: where things are, how long
 # to go on, how often to save. Anything else would silently mix two recipes in one model.
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "checkpoint_every", "threads", "eval_limit", "run_dir", "models_dir", "data_root"}
+    {
+        "steps",
+        "checkpoint_every",
+        "threads",
+        "device",
+        "render_workers",
+        "eval_limit",
+        "run_dir",
+        "models_dir",
+        "data_root",
+    }
 )
 
 
@@ -348,7 +411,9 @@ def main(config: TrainConfig, resume: bool = True) -> Path:
         Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
     )
     model = EvidenceNet(embedding_dim=config.embedding_dim, split_block=config.split_block)
+    model.to(config.device, memory_format=CHANNELS_LAST)
     train_cache, _ = data_caches(config, model, splits, "train")
+    train_cache = train_cache.to(config.device)
     val_cache, val_samples = data_caches(config, model, splits, "val")
     _, products = training_samples(config, splits)
     listing_class = {listing.product: listing.coarse_class for listing in splits.listings}
