@@ -41,7 +41,8 @@ from training.samples import (
 
 CACHE_BATCH = 32
 # NHWC activations: the CPU convolution kernels run this network's prefix ~1.45x and a
-# fine-tuning step ~1.5x faster in it (measured on the 2-core machine); same arithmetic.
+# fine-tuning step ~1.5x faster in it (measured on the 2-core machine). The same operations,
+# summed in another order: a run differs from an NCHW one by float noise, grown over the steps.
 CHANNELS_LAST = torch.channels_last
 
 
