@@ -316,38 +316,3 @@ class DuplicateIndex:
             DuplicateMatch(ref, distance)
             for ref, distance in sorted(nearest.items(), key=lambda item: (item[1], item[0]))
         ]
-
-
-class PendingPhotos:
-    """Photos of uploads that are being recorded and are not in the index yet.
-
-    The index learns a photo only once its upload has committed: an upload that fails must leave
-    no trace. Between its look-up and that moment an upload registers its photos here, and every
-    upload also looks here, so two uploads of one photo to two claims at the same moment see each
-    other: whichever registers second is flagged. Holds only the uploads in progress, so a linear
-    scan is enough. Not thread-safe: use it under the index's lock.
-    """
-
-    def __init__(self) -> None:
-        self._windows: dict[str, np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return len(self._windows)
-
-    def add(self, windows: Iterable[int], ref: str) -> None:
-        self._windows[ref] = np.fromiter(windows, dtype=np.uint64)
-
-    def discard(self, ref: str) -> None:
-        self._windows.pop(ref, None)
-
-    def query(
-        self, photo_hash: int, max_distance: int = DUPLICATE_MAX_DISTANCE
-    ) -> list[DuplicateMatch]:
-        """As `DuplicateIndex.query`: refs with a window within `max_distance` bits, nearest
-        first."""
-        matches = []
-        for ref, windows in self._windows.items():
-            distance = int(_popcount(windows ^ np.uint64(photo_hash)).min())
-            if distance <= max_distance:
-                matches.append(DuplicateMatch(ref, distance))
-        return sorted(matches, key=lambda match: (match.distance, match.ref))

@@ -7,11 +7,14 @@ design.md section 5 answered by a 4xx problem document with nothing already stor
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import threading
 import uuid
 import zlib
+from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -20,6 +23,15 @@ from api_server import TEST_LIMITS, ApiServer, run_api_server
 from conftest import encode, textured_image
 from onnx_fixtures import TINY_CARD, TINY_MODEL_VERSION
 from PIL import Image, ImageDraw, ImageFilter
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.api.runtime import pending_evidence_ttl
+from service.db import crud
+from service.db.models import PendingEvidence
+from service.db.session import make_engine, make_session_factory, transaction
+from service.duplicates import claim_of_ref, evidence_ref, format_hashes, photo_windows
+from service.intake import open_photo
 
 PROBLEM = "application/problem+json"
 
@@ -342,12 +354,48 @@ def issue_codes(body: dict[str, Any]) -> list[str]:
     return [issue["code"] for photo in body["data"] for issue in photo["issues"]]
 
 
+THROUGH = ["the same process", "another process"]
+
+
+@contextlib.contextmanager
+def server_for(api_server: ApiServer, through: str) -> Iterator[ApiServer]:
+    """`api_server` itself, or another server on its database (another uvicorn worker, another
+    container), whose duplicate index knows only what it read from the database."""
+    if through == "the same process":
+        yield api_server
+    else:
+        with run_api_server(api_server.settings) as other_process:
+            yield other_process
+
+
+@contextlib.contextmanager
+def database_session(server: ApiServer) -> Iterator[Session]:
+    """A transaction on the server's database, beside the server."""
+    engine = make_engine(server.settings.resolved_database_url)
+    try:
+        with transaction(make_session_factory(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def registrations(server: ApiServer) -> dict[str, PendingEvidence]:
+    """The photos that uploads registered (`pending_evidence`), by ref."""
+    with database_session(server) as session:
+        return {row.ref: row for row in session.scalars(select(PendingEvidence))}
+
+
+@pytest.mark.parametrize("through", THROUGH)
 def test_one_photo_uploaded_to_two_claims_at_once_is_flagged(
-    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch, through: str
 ) -> None:
+    """The second upload finds the first while it is still being recorded, also through
+    another server on the same database (another uvicorn worker, another container)."""
     from service.api.routes import evidence
 
-    photo, first, second = one_photo_two_claims(api_server, seed=41)
+    photo, first, second = one_photo_two_claims(
+        api_server, seed=41 if through == "the same process" else 61
+    )
     record = evidence._record_evidence
     first_is_recording, second_is_done = threading.Event(), threading.Event()
 
@@ -367,15 +415,18 @@ def test_one_photo_uploaded_to_two_claims_at_once_is_flagged(
         with api_server.client(api_server.keys["buyer"]) as buyer:
             responses["first"] = buyer.post(f"/v1/claims/{first}/evidence", files=files(photo))
 
-    uploader = threading.Thread(target=upload_first)
-    uploader.start()
-    try:
-        assert first_is_recording.wait(30)
-        with api_server.client(api_server.keys["other_buyer"]) as other:
-            responses["second"] = other.post(f"/v1/claims/{second}/evidence", files=files(photo))
-    finally:
-        second_is_done.set()
-        uploader.join(30)
+    with server_for(api_server, through) as second_server:
+        uploader = threading.Thread(target=upload_first)
+        uploader.start()
+        try:
+            assert first_is_recording.wait(30)
+            with second_server.client(api_server.keys["other_buyer"]) as other:
+                responses["second"] = other.post(
+                    f"/v1/claims/{second}/evidence", files=files(photo)
+                )
+        finally:
+            second_is_done.set()
+            uploader.join(30)
     assert responses["first"].status_code == responses["second"].status_code == 201
     assert "duplicate_across_claims" not in issue_codes(responses["first"].json())
     body = responses["second"].json()
@@ -402,12 +453,15 @@ def test_a_photo_committed_by_another_process_is_found(api_server: ApiServer) ->
     assert any(first in reason for reason in reused.json()["triage"]["reasons"])
 
 
+@pytest.mark.parametrize("through", THROUGH)
 def test_an_upload_that_fails_leaves_no_photo_to_be_reused(
-    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch, through: str
 ) -> None:
     from service.api.routes import evidence
 
-    photo, first, second = one_photo_two_claims(api_server, seed=45)
+    photo, first, second = one_photo_two_claims(
+        api_server, seed=45 if through == "the same process" else 67
+    )
     record = evidence._record_evidence
 
     def fail_for_first(runtime: Any, key: Any, claim_id: str, *rest: Any) -> Any:
@@ -418,10 +472,56 @@ def test_an_upload_that_fails_leaves_no_photo_to_be_reused(
     monkeypatch.setattr(evidence, "_record_evidence", fail_for_first)
     with api_server.client(api_server.keys["buyer"]) as buyer:
         assert buyer.post(f"/v1/claims/{first}/evidence", files=files(photo)).status_code == 500
-    with api_server.client(api_server.keys["other_buyer"]) as other:
+    assert not [ref for ref in registrations(api_server) if claim_of_ref(ref) == first]
+    with (
+        server_for(api_server, through) as later_server,
+        later_server.client(api_server.keys["other_buyer"]) as other,
+    ):
         later = other.post(f"/v1/claims/{second}/evidence", files=files(photo))
     assert later.status_code == 201, later.text
     assert "duplicate_across_claims" not in issue_codes(later.json())
+
+
+def test_expired_registrations_are_ignored_and_purged(api_server: ApiServer) -> None:
+    """A registration past its expiry (say its process died mid-upload) flags nothing and goes
+    with the next upload; one not expired flags the photo and names its claim."""
+    listing_id = new_listing(api_server, plain_jpeg(seed=81))
+    gone, live, second, third = (
+        new_claim(api_server, listing_id, key=api_server.keys["other_buyer"]) for _ in range(4)
+    )
+    photo = red_patch_jpeg(seed=83)
+    opened = open_photo(photo)
+    windows = format_hashes(photo_windows(opened.image))
+    now = crud.utcnow()
+    with database_session(api_server) as session:
+        crud.add_pending_evidence(
+            session,
+            upload_id="upload_gone",
+            windows={evidence_ref(gone, opened.photo_id): windows},
+            expires_at=now - timedelta(seconds=1),
+        )
+    with api_server.client(api_server.keys["other_buyer"]) as other:
+        ignored = other.post(f"/v1/claims/{second}/evidence", files=files(photo))
+        assert ignored.status_code == 201, ignored.text
+        assert "duplicate_across_claims" not in issue_codes(ignored.json())
+        left = registrations(api_server)
+        assert "upload_gone" not in {row.upload_id for row in left.values()}
+        # Recorded: registered for the time other processes take to sync, from its commit.
+        settled = left[evidence_ref(second, opened.photo_id)].expires_at
+        assert settled <= crud.utcnow() + pending_evidence_ttl(api_server.settings)
+        with database_session(api_server) as session:
+            crud.add_pending_evidence(
+                session,
+                upload_id="upload_live",
+                windows={evidence_ref(live, opened.photo_id): windows},
+                expires_at=now + timedelta(minutes=1),
+            )
+        found = other.post(f"/v1/claims/{third}/evidence", files=files(photo))
+    assert found.status_code == 201, found.text
+    assert "duplicate_across_claims" in issue_codes(found.json())
+    reasons = found.json()["triage"]["reasons"]
+    assert any(live in reason for reason in reasons)
+    assert not any(gone in reason for reason in reasons)
 
 
 def test_a_cropped_copy_from_another_claim_is_flagged_and_named(api_server: ApiServer) -> None:

@@ -15,7 +15,6 @@ from service.duplicates import (
     WINDOWS,
     DuplicateIndex,
     DuplicateMatch,
-    PendingPhotos,
     closest_distance,
     hamming_distance,
     perceptual_hash,
@@ -207,18 +206,3 @@ def test_bulk_load_takes_a_numpy_array_and_mixes_with_single_additions() -> None
     index.add_many(stored, [f"bulk{i}" for i in range(len(stored))])
     assert len(index) == 6001
     assert [m.ref for m in index.query(int(stored[0]), 1)] == ["bulk0", "single"]
-
-
-def test_pending_photos_are_found_like_the_index_until_discarded() -> None:
-    pending = PendingPhotos()
-    pending.add([0b0111, 0b0000], "claim-a/photo-1")  # nearest window counts
-    pending.add([0b0011], "claim-b/photo-2")
-    pending.add([2**64 - 1], "claim-c/photo-3")
-    assert pending.query(0b0001, 4) == [
-        DuplicateMatch("claim-a/photo-1", 1),
-        DuplicateMatch("claim-b/photo-2", 1),
-    ]
-    pending.discard("claim-a/photo-1")
-    pending.discard("claim-a/photo-1")  # discarding twice is harmless (an upload that failed)
-    assert pending.query(0b0001, 4) == [DuplicateMatch("claim-b/photo-2", 1)]
-    assert pending.query(2**64 - 2, 0) == [] and len(pending) == 2

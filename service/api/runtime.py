@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import triage
@@ -37,8 +38,8 @@ from service.config import Settings
 from service.db import crud
 from service.db.crud import utcnow
 from service.db.migrate import upgrade_to_head
-from service.db.session import database_reachable, make_engine, make_session_factory
-from service.duplicates import DuplicateIndex, PendingPhotos, evidence_ref, parse_hashes
+from service.db.session import database_reachable, make_engine, make_session_factory, transaction
+from service.duplicates import DuplicateIndex, evidence_ref, format_hashes, parse_hashes
 from service.engine import ModelCard, ScoringEngine
 from service.intake import DISPLAY_COPY_VERSION, Photo, open_photo
 from service.policy import PolicyConfig
@@ -56,6 +57,12 @@ LISTING_PHOTO_CACHE = 64
 # How far back each sync of the duplicate index re-reads evidence rows: a row's created_at is
 # set before its transaction commits, so a slow commit can land behind rows already read.
 DUPLICATE_SYNC_OVERLAP = timedelta(seconds=60)
+# How long an upload's registration (`Runtime.register_pending_evidence`) counts while the upload
+# is being recorded: far longer than recording takes (SQLite alone may wait 10 s for its lock),
+# yet bounded, so the registration of a process that died mid-upload stops flagging photos.
+PENDING_WHILE_RECORDING = timedelta(minutes=5)
+# The least time a recorded upload stays registered after its commit (`pending_evidence_ttl`).
+PENDING_AFTER_RECORDING = timedelta(seconds=10)
 # The heatmap PNG's format: bump it with any change to how `render_heatmap` draws or encodes the
 # overlay (colours, opacity, resampling, PNG settings), so cached PNGs and their ETags are renewed.
 HEATMAP_FORMAT_VERSION = 1
@@ -75,6 +82,16 @@ def heatmap_key(photo_id: str, damage_map: list[Any], input_size: int) -> str:
     return heatmap_cache_key(photo_id, hashlib.sha256(material.encode()).hexdigest())
 
 
+def pending_evidence_ttl(settings: Settings) -> timedelta:
+    """How long a recorded upload stays registered after its commit: until every other process
+    has synced its duplicate index past that commit. A process syncs at most every
+    `duplicate_sync_seconds`, and then scores an upload before its look-up of registered
+    photos; three sync intervals, and never under 10 s, leave room for slow scoring and for
+    clocks of different hosts a few seconds apart (expiries are written by one, read by another).
+    """
+    return max(PENDING_AFTER_RECORDING, timedelta(seconds=3 * settings.duplicate_sync_seconds))
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -88,10 +105,8 @@ class Runtime:
     policy: PolicyConfig
     duplicates: DuplicateIndex
     metrics: Metrics
-    # The duplicate index is shared by concurrent uploads; queries and additions are serialised,
-    # and so are those of the photos of uploads still being recorded (`PendingPhotos`).
+    # The duplicate index is shared by concurrent uploads; queries and additions are serialised.
     duplicates_lock: threading.Lock = field(default_factory=threading.Lock)
-    pending_photos: PendingPhotos = field(default_factory=PendingPhotos)
     # Catching up on evidence committed by other processes (`sync_duplicate_index`).
     _duplicate_sync_lock: threading.Lock = field(default_factory=threading.Lock)
     _duplicates_read_to: datetime | None = None  # the newest evidence `created_at` read so far
@@ -224,41 +239,87 @@ class Runtime:
 
     def register_pending_evidence(
         self,
+        upload_id: str,
         assessments: Sequence[PhotoAssessment],
         refs: Sequence[str],
         *,
         own_refs: Collection[str],
     ) -> list[PhotoAssessment]:
-        """Before an upload records its photos: flag those that other uploads still being
-        recorded are adding to other claims (not in the index yet), then register these under
-        `refs` for the uploads after them. Returns the assessments, flagged where so."""
-        with self.duplicates_lock:
-            flagged = [
-                with_duplicates(
-                    assessment,
-                    [
-                        match
-                        for match in self.pending_photos.query(assessment.window_hashes[0])
-                        if match.ref not in own_refs
-                    ],
-                )
-                for assessment in assessments
-            ]
-            for assessment, ref in zip(flagged, refs, strict=True):
-                self.pending_photos.add(assessment.window_hashes, ref)
-        return flagged
+        """Before an upload records its photos: register them under `refs` in the database,
+        where every process looks, then flag those that other uploads registered for other
+        claims and that the index may not hold yet (still being recorded, or committed by
+        another process since its last sync). Returns the assessments, flagged where so.
+
+        The registration commits before the look-up reads: of two uploads of one photo, the one
+        whose registration commits second then always finds the other, whatever process each
+        runs in (both may be flagged when they register at the same moment).
+        """
+        if not assessments:  # every photo was in the claim already: nothing to record
+            return []
+        now = utcnow()
+        with transaction(self.sessions) as session:
+            crud.add_pending_evidence(
+                session,
+                upload_id=upload_id,
+                windows={
+                    ref: format_hashes(assessment.window_hashes)
+                    for assessment, ref in zip(assessments, refs, strict=True)
+                },
+                expires_at=now + PENDING_WHILE_RECORDING,
+            )
+        with self.sessions() as session:
+            rows = crud.live_pending_evidence(session, now=now, exclude_upload_id=upload_id)
+        hashes: list[int] = []
+        hash_refs: list[str] = []
+        for ref, text in rows:
+            if ref not in own_refs:
+                windows = parse_hashes(text)
+                hashes.extend(windows)
+                hash_refs.extend([ref] * len(windows))
+        others = DuplicateIndex()
+        others.add_many(hashes, hash_refs)  # one bulk segment: much cheaper than hash by hash
+        return [
+            with_duplicates(assessment, others.query(assessment.window_hashes[0]))
+            for assessment in assessments
+        ]
 
     def settle_pending_evidence(
-        self, assessments: Sequence[PhotoAssessment], refs: Sequence[str], *, recorded: bool
+        self,
+        upload_id: str,
+        assessments: Sequence[PhotoAssessment],
+        refs: Sequence[str],
+        *,
+        recorded: bool,
     ) -> None:
-        """After the upload's transaction: its photos move from the pending list into the index
-        (under one lock, so a look-up finds them in one or the other), or, if it failed, go."""
-        with self.duplicates_lock:
-            for assessment, ref in zip(assessments, refs, strict=True):
-                if recorded and ref not in self.duplicates:  # a sync may have read it already
-                    # Under every window, so a cropped copy in another claim is found too.
-                    self.duplicates.add_photo(assessment.window_hashes, ref)
-                self.pending_photos.discard(ref)
+        """After the upload's transaction: a recorded upload's photos go into this process's
+        index and stay registered for `pending_evidence_ttl` from now, until every other
+        process has synced past this commit; a failed upload's registration goes at once.
+        Expired registrations of any upload are purged on the way.
+
+        Database errors are logged, not raised: the upload's outcome is already decided, and a
+        registration left behind expires by itself."""
+        if recorded:
+            with self.duplicates_lock:
+                for assessment, ref in zip(assessments, refs, strict=True):
+                    if ref not in self.duplicates:  # a sync may have read it already
+                        # Under every window, so a cropped copy in another claim is found too.
+                        self.duplicates.add_photo(assessment.window_hashes, ref)
+        now = utcnow()
+        try:
+            with transaction(self.sessions) as session:
+                if recorded:
+                    crud.expire_pending_evidence(
+                        session,
+                        upload_id=upload_id,
+                        expires_at=now + pending_evidence_ttl(self.settings),
+                    )
+                else:
+                    crud.delete_pending_evidence(session, upload_id=upload_id)
+                crud.purge_pending_evidence(session, now=now)
+        except SQLAlchemyError:
+            logger.warning(
+                "pending evidence not settled", extra={"upload_id": upload_id}, exc_info=True
+            )
 
     def listing_photo(self, photo_id: str) -> Photo:
         """A listing image decoded as intake does; recently used ones are kept decoded."""

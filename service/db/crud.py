@@ -4,13 +4,13 @@ transaction) and never raise HTTP errors (routes decide what a missing row means
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service import auth
@@ -21,6 +21,7 @@ from service.db.models import (
     ClaimPhoto,
     Listing,
     ListingImage,
+    PendingEvidence,
     Photo,
     Review,
 )
@@ -360,6 +361,46 @@ def evidence_hashes(session: Session, *, since: datetime | None = None) -> list[
     if since is not None:
         query = query.where(ClaimPhoto.created_at >= since)
     return [EvidenceHashes(*row) for row in session.execute(query)]
+
+
+def add_pending_evidence(
+    session: Session, *, upload_id: str, windows: Mapping[str, str], expires_at: datetime
+) -> None:
+    """Register an upload's photos (`windows`: ref -> `format_hashes` of its windows)."""
+    session.add_all(
+        PendingEvidence(upload_id=upload_id, ref=ref, window_hashes=hashes, expires_at=expires_at)
+        for ref, hashes in windows.items()
+    )
+
+
+def live_pending_evidence(
+    session: Session, *, now: datetime, exclude_upload_id: str
+) -> list[tuple[str, str]]:
+    """(ref, window hashes) of the photos that other uploads registered and that have not
+    expired at `now`."""
+    query = select(PendingEvidence.ref, PendingEvidence.window_hashes).where(
+        PendingEvidence.expires_at > now, PendingEvidence.upload_id != exclude_upload_id
+    )
+    return [(ref, hashes) for ref, hashes in session.execute(query)]
+
+
+def expire_pending_evidence(session: Session, *, upload_id: str, expires_at: datetime) -> None:
+    """Set the expiry of an upload's photos (once recorded, it counts from the commit)."""
+    session.execute(
+        update(PendingEvidence)
+        .where(PendingEvidence.upload_id == upload_id)
+        .values(expires_at=expires_at)
+    )
+
+
+def delete_pending_evidence(session: Session, *, upload_id: str) -> None:
+    """Forget an upload's photos (it failed: nothing of it is stored)."""
+    session.execute(delete(PendingEvidence).where(PendingEvidence.upload_id == upload_id))
+
+
+def purge_pending_evidence(session: Session, *, now: datetime) -> None:
+    """Delete the photos expired at `now` (an index range scan)."""
+    session.execute(delete(PendingEvidence).where(PendingEvidence.expires_at <= now))
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,22 @@ class ClaimPhoto(Base):
     created_at: Mapped[datetime] = mapped_column(index=True)
 
 
+class PendingEvidence(Base):
+    """A photo of an upload being recorded, or recorded moments ago, as duplicate look-ups in
+    every process see it before their index has caught up (`Runtime.register_pending_evidence`).
+    Short-lived: each row is deleted once `expires_at` has passed."""
+
+    __tablename__ = "pending_evidence"
+
+    # Per upload, not per ref: two uploads of one photo to one claim may both be in progress,
+    # and a failed one deletes its own rows only.
+    upload_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    ref: Mapped[str] = mapped_column(String(120), primary_key=True)  # `evidence_ref`
+    window_hashes: Mapped[str] = mapped_column(Text)  # `format_hashes` of the photo's windows
+    # Indexed: every look-up reads the rows not expired, and every upload purges the others.
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class Review(Base):
     __tablename__ = "reviews"
 

@@ -91,9 +91,13 @@ def store_evidence(
     )
     runtime.metrics.photos_scored.inc(len(assessments))
     refs = [evidence_ref(claim_id, assessment.photo_id) for assessment in assessments]
-    assessments = runtime.register_pending_evidence(assessments, refs, own_refs=own_refs)
+    upload_id = crud.new_id("upload")
     recorded = False
     try:
+        # Inside the try: a registration that committed before a failed look-up is removed too.
+        assessments = runtime.register_pending_evidence(
+            upload_id, assessments, refs, own_refs=own_refs
+        )
         rows, uploaded, triage = _record_evidence(
             runtime, key, claim_id, fresh, assessments, accepted, utcnow()
         )
@@ -107,7 +111,7 @@ def store_evidence(
             "The same photo was being added to this claim by another request; retry.",
         ) from None
     finally:
-        runtime.settle_pending_evidence(assessments, refs, recorded=recorded)
+        runtime.settle_pending_evidence(upload_id, assessments, refs, recorded=recorded)
     data = [views.assessment_public(row) for row in rows if row.photo_id in uploaded]
     return schemas.EvidencePublic(claim_id=claim_id, data=data, count=len(data), triage=triage)
 
