@@ -268,6 +268,16 @@ class DuplicateIndex:
         for window in windows:
             self.add(window, ref)
 
+    def add_photos(self, photos: Iterable[tuple[Sequence[int], str]]) -> None:
+        """Bulk `add_photo`: every window hash of each (windows, ref) in one `add_many`."""
+        hashes: list[int] = []
+        refs: list[str] = []
+        for windows, ref in photos:
+            hashes.extend(windows)
+            refs.extend([ref] * len(windows))
+        if hashes:
+            self.add_many(hashes, refs)
+
     def add_many(self, hashes: Sequence[int] | np.ndarray, refs: Sequence[str]) -> None:
         """Bulk load (e.g. from the database at start-up): one sort instead of many merges."""
         if len(hashes) != len(refs):

@@ -182,6 +182,23 @@ def test_add_photo_stores_every_window_under_one_ref() -> None:
     assert [match.ref for match in index.query(perceptual_hash(copy))] == ["claim-1/photo-1"]
 
 
+def test_add_photos_stores_what_add_photo_stores_photo_by_photo() -> None:
+    photos = [
+        (photo_windows(textured_image(600, 450, seed=seed)), f"claim-{seed}/photo")
+        for seed in (5, 6)
+    ]
+    one_by_one, bulk, empty = DuplicateIndex(), DuplicateIndex(), DuplicateIndex()
+    for windows, ref in photos:
+        one_by_one.add_photo(windows, ref)
+    bulk.add_photos(photos)
+    empty.add_photos([])
+    assert len(bulk) == len(one_by_one) == 2 * len(WINDOWS) and len(empty) == 0
+    for windows, ref in photos:
+        for window in windows:
+            assert bulk.query(window) == one_by_one.query(window)
+            assert bulk.query(window)[0].ref == ref
+
+
 def test_empty_index_finds_nothing() -> None:
     index = DuplicateIndex()
     assert len(index) == 0

@@ -214,26 +214,19 @@ class Runtime:
             with self.sessions() as session:
                 rows = crud.evidence_hashes(session, since=since)
             self._duplicates_synced_at = started
-            hashes: list[int] = []
-            refs: list[str] = []
-            added = 0
             with self.duplicates_lock:
-                for row in rows:
-                    ref = evidence_ref(row.claim_id, row.photo_id)
-                    if ref in self.duplicates:
-                        continue
+                new_photos = [
                     # Evidence stored before windows were kept is found only by its whole frame.
-                    windows = parse_hashes(row.window_hashes or row.perceptual_hash)
-                    hashes.extend(windows)
-                    refs.extend([ref] * len(windows))
-                    added += 1
-                if hashes:
-                    self.duplicates.add_many(hashes, refs)
+                    (parse_hashes(row.window_hashes or row.perceptual_hash), ref)
+                    for row in rows
+                    if (ref := evidence_ref(row.claim_id, row.photo_id)) not in self.duplicates
+                ]
+                self.duplicates.add_photos(new_photos)
             if rows:
                 newest = max(row.created_at for row in rows)
                 if self._duplicates_read_to is None or newest > self._duplicates_read_to:
                     self._duplicates_read_to = newest
-            return added
+            return len(new_photos)
         finally:
             self._duplicate_sync_lock.release()
 
@@ -269,15 +262,9 @@ class Runtime:
             )
         with self.sessions() as session:
             rows = crud.live_pending_evidence(session, now=now, exclude_upload_id=upload_id)
-        hashes: list[int] = []
-        hash_refs: list[str] = []
-        for ref, text in rows:
-            if ref not in own_refs:
-                windows = parse_hashes(text)
-                hashes.extend(windows)
-                hash_refs.extend([ref] * len(windows))
         others = DuplicateIndex()
-        others.add_many(hashes, hash_refs)  # one bulk segment: much cheaper than hash by hash
+        # One bulk segment: much cheaper than hash by hash.
+        others.add_photos((parse_hashes(text), ref) for ref, text in rows if ref not in own_refs)
         return [
             with_duplicates(assessment, others.query(assessment.window_hashes[0]))
             for assessment in assessments
