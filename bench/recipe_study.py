@@ -109,9 +109,15 @@ class RenderedPool:
         return torch.tensor([where[sample] for sample in samples], dtype=torch.long)
 
 
-def render_pool(samples: list[Sample], workers: int, device: str) -> RenderedPool:
+def render_pool(
+    samples: list[Sample], workers: int, device: str, keep: list[Rendered] | None = None
+) -> RenderedPool:
+    """Render the samples into a pool; `keep` also receives every rendering whole (the tiles'
+    pixel masks), which the training pool does without (a rendering is ~1 MB)."""
     images, damage, targets, has_map, kinds_drawn = [], [], [], [], []
     for batch in rendered_batches(samples, workers):
+        if keep is not None:
+            keep.extend(batch)
         images.append(torch.from_numpy(np.stack([item.image for item in batch])).half().to(device))
         damage.extend(item.damage for item in batch)
         targets.extend(item.map_target for item in batch)
@@ -174,20 +180,12 @@ def render_tiles(data_root: Path, config: TrainConfig, workers: int, device: str
     if not (data_root / "tiles" / "manifest.csv").exists():
         return None
     samples = tile_samples(data_root, config.tiles_intact_limit, config.eval_limit)
-    rendered = [item for batch in rendered_batches(samples, workers) for item in batch]
-    images = torch.from_numpy(np.stack([item.image for item in rendered])).half().to(device)
-    pool = RenderedPool(
-        samples=samples,
-        images=images,
-        damage=torch.tensor([item.damage for item in rendered], device=device),
-        map_target=torch.from_numpy(np.stack([item.map_target for item in rendered])).to(device),
-        has_map=torch.tensor([item.has_map for item in rendered], device=device),
-        kinds_drawn=[item.kinds for item in rendered],
-    )
+    rendered: list[Rendered] = []
+    pool = render_pool(samples, workers, device, keep=rendered)
     return Tiles(rendered=rendered, pool=pool)
 
 
-def heldout_figures(
+def variant_figures(
     model: EvidenceNet,
     heldout: dict[str, tuple[RenderedPool, list[Sample]]],
     tiles: Tiles | None,
@@ -244,7 +242,7 @@ def train_variant(
             "training_samples": len(samples),
             "seconds": round(time.perf_counter() - started, 1),
             **{key: round(value, 4) for key, value in losses.items()},
-            **heldout_figures(model, heldout, tiles, splits),
+            **variant_figures(model, heldout, tiles, splits),
         }
         with log.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
