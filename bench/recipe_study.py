@@ -218,8 +218,12 @@ def train_variant(
     splits: Splits,
     evaluate_every: int,
     log: Path,
+    repeat: int = 0,
 ) -> dict[str, Any]:
-    seed_everything(config.seed)
+    # A repeat changes only what training draws (head initialisation, batch order); the
+    # renderings keep the recipe's seeds, so repeats measure the recipe's training noise.
+    training_seed = config.seed + repeat
+    seed_everything(training_seed)
     started = time.perf_counter()
     samples, products = training_samples(config, splits)
     model = EvidenceNet(embedding_dim=config.embedding_dim, split_block=config.split_block)
@@ -229,7 +233,7 @@ def train_variant(
     coarse_class = [listing_class.get(product, product) for product in products]
     sampler = BatchSampler(cache, coarse_class, config)
     optimizer, scheduler = make_optimizer(model, config)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(training_seed)
     record: dict[str, Any] = {}
     for first in range(0, config.steps, evaluate_every):
         last = min(config.steps, first + evaluate_every)
@@ -238,6 +242,7 @@ def train_variant(
         )
         record = {
             "run": name,
+            "repeat": repeat,
             "step": last,
             "training_samples": len(samples),
             "seconds": round(time.perf_counter() - started, 1),
@@ -298,9 +303,20 @@ def run(args: argparse.Namespace) -> None:
         for field_name in ("photo_variants", "catalog_variants", "package_variants"):
             if field_name not in overrides:
                 config = replace(config, **{field_name: getattr(base, field_name)})
-        results.append(
-            train_variant(name, config, pool, heldout, tiles, splits, args.evaluate_every, args.out)
-        )
+        for repeat in range(args.repeats):
+            results.append(
+                train_variant(
+                    name,
+                    config,
+                    pool,
+                    heldout,
+                    tiles,
+                    splits,
+                    args.evaluate_every,
+                    args.out,
+                    repeat=repeat,
+                )
+            )
     print_table(results)
 
 
@@ -312,8 +328,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
     for record in results:
         cells = " | ".join(f"{record[column]:.3f}" for column in columns)
         print(
-            f"| {record['run']} | {record['step']} | {record['training_samples']} | "
-            f"{record['seconds']:.0f} | {cells} |"
+            f"| {record['run']} #{record['repeat']} | {record['step']} | "
+            f"{record['training_samples']} | {record['seconds']:.0f} | {cells} |"
         )
 
 
@@ -350,6 +366,9 @@ def main() -> None:
     running.add_argument("--max-packages", type=int, default=0)
     running.add_argument("--eval-limit", type=int, default=0)
     running.add_argument("--evaluate-every", type=int, default=400)
+    running.add_argument(
+        "--repeats", type=int, default=1, help="train each run this often, training seed +0, +1, .."
+    )
     running.add_argument("--budget-seconds", type=float, default=float("inf"))
     running.add_argument("--out", type=Path, default=Path("recipe_study.jsonl"))
     args = parser.parse_args()
