@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from service.assessment import (
 )
 from service.batching import MicroBatcher
 from service.duplicates import DuplicateIndex, DuplicateMatch, perceptual_hash, photo_windows
-from service.engine import ModelOutput, ScoringEngine
+from service.engine import DEFAULT_MODEL_DIR, ModelOutput, ScoringEngine
 from service.intake import Photo, open_photo
 
 
@@ -241,8 +240,8 @@ def test_assessment_serialises_for_people(engine: ScoringEngine):
     assert len(document["heatmap"]) == 7 and "embedding" not in document
 
 
-def test_shipped_model_assesses_a_photo(repo_root: Path):
-    model_dir = repo_root / "models" / "evidence-lite0-1.1.0"
+def test_shipped_model_assesses_a_photo():
+    model_dir = DEFAULT_MODEL_DIR
     if not (model_dir / "model_card.json").is_file():
         pytest.skip(f"the shipped model is not in {model_dir}")
     engine = ScoringEngine.load(model_dir)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = REPO_ROOT / "models" / "evidence-lite0-1.1.0"
+from service.engine import DEFAULT_MODEL_DIR as SHIPPED
+
 OUTPUTS = ("damage_logit", "damage_map", "embedding")
 
 
@@ -31,10 +31,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     torch = pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
     from training.export import export_onnx
-    from training.model import EvidenceNet
+    from training.model import EvidenceNet, TwoSuffixNet
 
     torch.manual_seed(0)
-    model = EvidenceNet().eval()
+    # The shipped architecture: damage from one suffix, the embedding from another.
+    model = TwoSuffixNet(EvidenceNet(), EvidenceNet()).eval()
     return model, export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx")
 
 
@@ -86,7 +87,7 @@ def test_shipped_model_keeps_to_the_contract() -> None:
     card = json.loads((SHIPPED / "model_card.json").read_text())
     assert (card["name"], card["version"], card["file"]) == (
         "evidence-lite0",
-        "1.1.0",
+        "1.2.0",
         "model.onnx",
     )
     model_path = SHIPPED / card["file"]

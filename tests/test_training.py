@@ -232,7 +232,7 @@ def test_tiny_run_releases_the_file_it_calibrated_and_the_engine_serves_it(
     pytest.importorskip("torch")
     from service.engine import ScoringEngine
     from service.intake import open_photo
-    from training.__main__ import main
+    from training.__main__ import TINY_RECIPE, main
     from training.data import load_packages
 
     run_dir, models_dir = tmp_path / "run", tmp_path / "models"
@@ -259,10 +259,35 @@ def test_tiny_run_releases_the_file_it_calibrated_and_the_engine_serves_it(
         calibration["damage_bias"], abs=1e-4
     )
     assert card["export"]["torch_onnx_max_abs_diff"] <= 1e-4
+    # The recipe's embedding branch was trained with its own changes and is in the card.
+    assert (run_dir / "embedding.pt").exists()
+    branch = card["training"]["embedding_branch"]
+    assert branch["changed"] == TINY_RECIPE["embedding_branch"] and branch["steps"] == 4
     engine = ScoringEngine.load(model_dir)
     photo = open_photo(load_packages(shared_data)[0].path.read_bytes()).image
     (output,) = engine.infer([photo])
     assert 0.0 <= output.damage <= 1.0 and output.heatmap.shape == (7, 7)
+
+
+def test_two_suffix_network_takes_damage_from_one_suffix_and_the_embedding_from_the_other() -> None:
+    torch = pytest.importorskip("torch")
+    from training.model import EvidenceNet, TwoSuffixNet
+
+    torch.manual_seed(0)
+    damage = EvidenceNet(embedding_dim=8, pretrained=False).eval()
+    embedding = EvidenceNet(embedding_dim=8, pretrained=False).eval()
+    with pytest.raises(ValueError, match="same frozen prefix"):
+        TwoSuffixNet(damage, embedding)
+    embedding.stem.load_state_dict(damage.stem.state_dict())
+    embedding.prefix_blocks.load_state_dict(damage.prefix_blocks.state_dict())
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        logit, damage_map, vector = TwoSuffixNet(damage, embedding)(images)
+        expected_logit, expected_map, _ = damage(images)
+        _, _, expected_vector = embedding(images)
+    assert torch.equal(logit, expected_logit) and torch.equal(damage_map, expected_map)
+    assert torch.allclose(vector, expected_vector, atol=1e-6)
+    assert not torch.allclose(vector, damage(images)[2], atol=1e-3)
 
 
 @pytest.mark.shared_data

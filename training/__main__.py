@@ -30,6 +30,7 @@ TINY_RECIPE = {
     "eval_limit": 6,
     "tiles_intact_limit": 3,
     "warmup_steps": 1,
+    "embedding_branch": {"trunk_lr": 3e-4},
 }
 
 
@@ -63,7 +64,11 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
     for name, help_text in (
-        ("train", "train the fine-tuned model (or, with --baseline, the frozen-trunk baseline)"),
+        (
+            "train",
+            "train the fine-tuned model and its embedding branch (or, with --baseline, the "
+            "frozen-trunk baseline)",
+        ),
         ("export", "ONNX export, parity check, INT8 study: the file that will ship"),
         (
             "calibrate",
@@ -111,9 +116,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.perf_counter()
     resume = not arguments.no_resume
     if arguments.command in ("train", "run"):
-        variants = [arguments.baseline] if arguments.command == "train" else [False, True]
-        for baseline in variants:
-            train.main(dataclasses.replace(config, fine_tune=not baseline), resume=resume)
+        baseline = dataclasses.replace(config, fine_tune=False)
+        branch = config.embedding_branch_config()
+        if arguments.command == "train":
+            variants = [baseline] if arguments.baseline else [config, branch]
+        else:
+            variants = [config, branch, baseline]
+        for variant in variants:
+            if variant is not None:
+                train.main(variant, resume=resume)
     if arguments.command in ("export", "run"):
         pipeline.export(config)
     if arguments.command in ("calibrate", "run"):

@@ -349,7 +349,9 @@ def make_optimizer(
 
 
 def checkpoint_path(config: TrainConfig) -> Path:
-    return Path(config.run_dir) / ("model.pt" if config.fine_tune else "baseline.pt")
+    if not config.fine_tune:
+        return Path(config.run_dir) / "baseline.pt"
+    return Path(config.run_dir) / (f"{config.branch}.pt" if config.branch else "model.pt")
 
 
 def load_model(path: Path) -> tuple[EvidenceNet, TrainConfig, dict[str, Any]]:

@@ -332,8 +332,8 @@ class ModelPublic(BaseModel):
             "examples": [
                 {
                     "name": "evidence-lite0",
-                    "version": "1.1.0",
-                    "model_version": "evidence-lite0-1.1.0",
+                    "version": "1.2.0",
+                    "model_version": "evidence-lite0-1.2.0",
                     "input_size": 224,
                     "thresholds": {
                         "damage_high": 0.91,
