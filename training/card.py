@@ -56,6 +56,10 @@ LIMITATIONS = [
     "on parcels and packaging.",
     "Listing matching was trained on one catalog image per product; products that differ only "
     "in a label or size (e.g. two juices of one brand) are the hardest cases.",
+    "Near-identical listings (two flavours of one brand's carton, two varieties of potato) are "
+    "matched confidently either way, so a mismatch score below the low threshold is not proof "
+    "that the right item arrived: metrics.detail.confusion_at_thresholds shows how many wrong "
+    "listings fell below it on the unseen test products.",
     "Photos are letterboxed to 224x224: damage smaller than a few pixels at that size (a hairline "
     "crack in a wide shot) may be missed; ask for a close-up.",
     "The damage map is 7x7 cells over the letterboxed input; it shows roughly where, not outlines.",

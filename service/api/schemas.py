@@ -336,20 +336,20 @@ class ModelPublic(BaseModel):
                     "model_version": "evidence-lite0-1.2.0",
                     "input_size": 224,
                     "thresholds": {
-                        "damage_high": 0.91,
-                        "damage_low": 0.23,
-                        "mismatch_high": 0.73,
-                        "mismatch_low": 0.06,
-                        "listing_reuse_similarity": 0.9163,
+                        "damage_high": 0.85,
+                        "damage_low": 0.13,
+                        "mismatch_high": 0.7,
+                        "mismatch_low": 0.04,
+                        "listing_reuse_similarity": 0.9218,
                     },
                     "metrics": [
                         {
                             "name": "damage_auroc_real_packages",
-                            "value": 0.7501,
-                            "baseline": 0.7346,
+                            "value": 0.7355,
+                            "baseline": 0.7345,
                             "target": ">= 0.85",
                             "target_met": False,
-                            "interval_95": [0.6728, 0.8069],
+                            "interval_95": [0.6639, 0.7983],
                         }
                     ],
                     "limitations": [
