@@ -296,14 +296,15 @@ def run(args: argparse.Namespace) -> None:
     )
     results = []
     for name, overrides in runs:
-        if time.perf_counter() - started > args.budget_seconds:
-            print(json.dumps({"skipped": name, "reason": "time budget spent"}), flush=True)
-            continue
         config = replace(pool_config, **overrides)
         for field_name in ("photo_variants", "catalog_variants", "package_variants"):
             if field_name not in overrides:
                 config = replace(config, **{field_name: getattr(base, field_name)})
         for repeat in range(args.repeats):
+            if time.perf_counter() - started > args.budget_seconds:
+                skipped = {"skipped": name, "repeat": repeat, "reason": "time budget spent"}
+                print(json.dumps(skipped), flush=True)
+                continue
             results.append(
                 train_variant(
                     name,
