@@ -44,7 +44,9 @@ from training.train import (
     CACHE_BATCH,
     BatchSampler,
     PrefixCache,
+    coarse_classes,
     make_optimizer,
+    new_model,
     predict_cache,
     rendered_batches,
     seed_everything,
@@ -226,11 +228,9 @@ def train_variant(
     seed_everything(training_seed)
     started = time.perf_counter()
     samples, products = training_samples(config, splits)
-    model = EvidenceNet(embedding_dim=config.embedding_dim, split_block=config.split_block)
-    model.to(config.device)
+    model = new_model(config)
     cache = prefix_cache(model, pool, pool.rows_of(samples))
-    listing_class = {listing.product: listing.coarse_class for listing in splits.listings}
-    coarse_class = [listing_class.get(product, product) for product in products]
+    coarse_class = coarse_classes(products, splits)
     sampler = BatchSampler(cache, coarse_class, config)
     optimizer, scheduler = make_optimizer(model, config)
     rng = np.random.default_rng(training_seed)

@@ -348,6 +348,19 @@ def make_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
+def new_model(config: TrainConfig) -> EvidenceNet:
+    """The network a training run starts from, on the run's device, in NHWC."""
+    model = EvidenceNet(embedding_dim=config.embedding_dim, split_block=config.split_block)
+    return model.to(config.device, memory_format=CHANNELS_LAST)
+
+
+def coarse_classes(products: list[str], splits: Splits) -> list[str]:
+    """The coarse class of each training product, for the batch sampler's same-class pairs; a
+    user's product without a listing is a class of its own."""
+    listing_class = {listing.product: listing.coarse_class for listing in splits.listings}
+    return [listing_class.get(product, product) for product in products]
+
+
 def checkpoint_path(config: TrainConfig) -> Path:
     if not config.fine_tune:
         return Path(config.run_dir) / "baseline.pt"
@@ -413,14 +426,12 @@ def main(config: TrainConfig, resume: bool = True) -> Path:
     splits = make_splits(
         Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
     )
-    model = EvidenceNet(embedding_dim=config.embedding_dim, split_block=config.split_block)
-    model.to(config.device, memory_format=CHANNELS_LAST)
+    model = new_model(config)
     train_cache, _ = data_caches(config, model, splits, "train")
     train_cache = train_cache.to(config.device)
     val_cache, val_samples = data_caches(config, model, splits, "val")
     _, products = training_samples(config, splits)
-    listing_class = {listing.product: listing.coarse_class for listing in splits.listings}
-    coarse_class = [listing_class.get(product, product) for product in products]
+    coarse_class = coarse_classes(products, splits)
     sampler = BatchSampler(train_cache, coarse_class, config)
     optimizer, scheduler = make_optimizer(model, config)
     rng = np.random.default_rng(config.seed)
