@@ -31,11 +31,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path]:
     torch = pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
     from training.export import export_onnx
-    from training.model import EvidenceNet, TwoSuffixNet
+    from training.model import EvidenceNet
 
     torch.manual_seed(0)
-    # The shipped architecture: damage from one suffix, the embedding from another.
-    model = TwoSuffixNet(EvidenceNet(), EvidenceNet()).eval()
+    model = EvidenceNet().eval()
     return model, export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx")
 
 

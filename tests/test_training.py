@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -259,35 +260,35 @@ def test_tiny_run_releases_the_file_it_calibrated_and_the_engine_serves_it(
         calibration["damage_bias"], abs=1e-4
     )
     assert card["export"]["torch_onnx_max_abs_diff"] <= 1e-4
-    # The recipe's embedding branch was trained with its own changes and is in the card.
-    assert (run_dir / "embedding.pt").exists()
-    branch = card["training"]["embedding_branch"]
-    assert branch["changed"] == TINY_RECIPE["embedding_branch"] and branch["steps"] == 4
+    assert card["training"]["config"]["steps"] == TINY_RECIPE["steps"]
     engine = ScoringEngine.load(model_dir)
     photo = open_photo(load_packages(shared_data)[0].path.read_bytes()).image
     (output,) = engine.infer([photo])
     assert 0.0 <= output.damage <= 1.0 and output.heatmap.shape == (7, 7)
 
 
-def test_two_suffix_network_takes_damage_from_one_suffix_and_the_embedding_from_the_other() -> None:
+@pytest.mark.parametrize(
+    ("embeddings", "owner", "temperature", "expected"),
+    [
+        # Two views of product 0 and one of product 1: each view of 0 puts e / (e + 1) on its
+        # positive; the lone view of 1 has no positive and does not count.
+        ([[1, 0], [1, 0], [0, 1]], [0, 0, 1], 1.0, math.log1p(math.e) - 1.0),
+        # Products already apart, at the recipe's temperature: nothing left to learn.
+        ([[1, 0], [1, 0], [0, 1], [0, 1]], [0, 0, 1, 1], 0.05, 0.0),
+        # Two positives of equal similarity share the probability: -log(1/2) each.
+        ([[1, 0], [1, 0], [1, 0]], [0, 0, 0], 1.0, math.log(2.0)),
+    ],
+)
+def test_same_product_loss_known_values(
+    embeddings: list[list[float]], owner: list[int], temperature: float, expected: float
+) -> None:
     torch = pytest.importorskip("torch")
-    from training.model import EvidenceNet, TwoSuffixNet
+    from training.train import same_product_loss
 
-    torch.manual_seed(0)
-    damage = EvidenceNet(embedding_dim=8, pretrained=False).eval()
-    embedding = EvidenceNet(embedding_dim=8, pretrained=False).eval()
-    with pytest.raises(ValueError, match="same frozen prefix"):
-        TwoSuffixNet(damage, embedding)
-    embedding.stem.load_state_dict(damage.stem.state_dict())
-    embedding.prefix_blocks.load_state_dict(damage.prefix_blocks.state_dict())
-    images = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        logit, damage_map, vector = TwoSuffixNet(damage, embedding)(images)
-        expected_logit, expected_map, _ = damage(images)
-        _, _, expected_vector = embedding(images)
-    assert torch.equal(logit, expected_logit) and torch.equal(damage_map, expected_map)
-    assert torch.allclose(vector, expected_vector, atol=1e-6)
-    assert not torch.allclose(vector, damage(images)[2], atol=1e-3)
+    loss = same_product_loss(
+        torch.tensor(embeddings, dtype=torch.float32), torch.tensor(owner), temperature
+    )
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
 @pytest.mark.shared_data

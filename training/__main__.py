@@ -30,7 +30,6 @@ TINY_RECIPE = {
     "eval_limit": 6,
     "tiles_intact_limit": 3,
     "warmup_steps": 1,
-    "embedding_branch": {"trunk_lr": 3e-4},
 }
 
 
@@ -117,14 +116,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     resume = not arguments.no_resume
     if arguments.command in ("train", "run"):
         baseline = dataclasses.replace(config, fine_tune=False)
-        branch = config.embedding_branch_config()
         if arguments.command == "train":
-            variants = [baseline] if arguments.baseline else [config, branch]
+            variants = [baseline] if arguments.baseline else [config]
         else:
-            variants = [config, branch, baseline]
+            variants = [config, baseline]
         for variant in variants:
-            if variant is not None:
-                train.main(variant, resume=resume)
+            train.main(variant, resume=resume)
     if arguments.command in ("export", "run"):
         pipeline.export(config)
     if arguments.command in ("calibrate", "run"):

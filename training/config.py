@@ -13,23 +13,15 @@ DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 @dataclass
 class TrainConfig:
     name: str = "evidence-lite0"
-    version: str = "1.2.0"
+    version: str = "1.3.0"
     seed: int = 17
     data_root: str = str(DEFAULT_DATA_ROOT)
-    run_dir: str = str(REPO_ROOT / "runs" / "evidence-lite0-1.2.0")
+    run_dir: str = str(REPO_ROOT / "runs" / "evidence-lite0-1.3.0")
     models_dir: str = str(REPO_ROOT / "models")
     # Model
     embedding_dim: int = 256
     split_block: int = 8  # blocks [0, split) frozen and cached; [split, 16) + head conv fine-tuned
     fine_tune: bool = True  # False = the baseline: same heads on the frozen ImageNet trunk
-    # The embedding comes from a second fine-tuned suffix, trained with these fields changed;
-    # the damage outputs keep the suffix trained with the fields as they are. A higher trunk
-    # learning rate sharpens the embedding for unseen products but makes the damage score worse
-    # on real damage never trained on (docs/model.md, "Session 5"). {} = one suffix for all.
-    embedding_branch: dict[str, Any] = field(
-        default_factory=lambda: {"trunk_lr": 3e-4, "packages_per_batch": 32}
-    )
-    branch: str = ""  # "embedding" while training that branch (its own checkpoint)
     # Data: fractions of grocery products / package source_ids held out for validation and test
     val_fraction: float = 0.15
     test_fraction: float = 0.2
@@ -44,15 +36,18 @@ class TrainConfig:
     steps: int = 400
     products_per_batch: int = 12
     photos_per_product: int = 4
-    packages_per_batch: int = 16
+    packages_per_batch: int = 32
     head_lr: float = 1e-3
-    trunk_lr: float = 1.5e-4
+    trunk_lr: float = 3e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 40
     embedding_temperature: float = 0.05
     hard_negative_margin: float = 0.2
     map_loss_weight: float = 1.0
     embedding_loss_weight: float = 1.0
+    # Weight of `same_product_loss`. Without it, the higher trunk rate sharpens the embedding
+    # but loses the damage score on real damage never trained on (docs/model.md, "Session 6").
+    same_product_weight: float = 1.0
     checkpoint_every: int = 100
     threads: int = 2
     device: str = "cpu"  # "cuda" trains on a GPU (same recipe; the figures differ by float noise)
@@ -68,19 +63,6 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
-
-    def embedding_branch_config(self) -> TrainConfig | None:
-        """The recipe of the embedding branch, or None where the recipe has none."""
-        if not self.embedding_branch or self.branch:
-            return None
-        return TrainConfig.from_dict(
-            {
-                **self.to_dict(),
-                **self.embedding_branch,
-                "embedding_branch": {},
-                "branch": "embedding",
-            }
-        )
 
     @property
     def model_dir(self) -> Path:

@@ -18,13 +18,13 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from training.model import OUTPUT_NAMES, EvidenceNet, TwoSuffixNet
+from training.model import OUTPUT_NAMES, EvidenceNet
 
 INPUT_NAME = "image"
 OPSET = 17
 
 
-def export_onnx(model: EvidenceNet | TwoSuffixNet, path: Path, image_size: int = 224) -> Path:
+def export_onnx(model: EvidenceNet, path: Path, image_size: int = 224) -> Path:
     """Trace the model to ONNX with a dynamic batch axis (TorchScript exporter, opset 17)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()

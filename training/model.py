@@ -132,37 +132,3 @@ class EvidenceNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.forward_from_prefix(self.prefix(images))
-
-
-class TwoSuffixNet(nn.Module):
-    """The shipped network when the recipe has an embedding branch: damage logit and map from
-    one fine-tuned suffix, the embedding from another, both over the one frozen prefix.
-
-    The two suffixes were fine-tuned separately on the same cached prefix features, with
-    recipes that favour different outputs (`TrainConfig.embedding_branch`); sharing the prefix
-    keeps the extra cost to the suffix (blocks `split_block`-15 and the head conv).
-    """
-
-    def __init__(self, damage: EvidenceNet, embedding: EvidenceNet) -> None:
-        super().__init__()
-        if damage.split_block != embedding.split_block or not _same_prefix(damage, embedding):
-            raise ValueError("the two branches were not trained on the same frozen prefix")
-        self.damage = damage
-        self.embedding = embedding
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        prefix = self.damage.prefix(images)
-        damage_logit, damage_map = self.damage.damage_heads(self.damage.suffix(prefix))
-        return damage_logit, damage_map, self.embedding.embed(self.embedding.suffix(prefix))
-
-
-def _same_prefix(one: EvidenceNet, other: EvidenceNet) -> bool:
-    def frozen(net: EvidenceNet) -> list[torch.Tensor]:
-        return [
-            *net.stem.state_dict().values(),
-            *net.prefix_blocks.state_dict().values(),
-            net.input_scale,
-            net.input_shift,
-        ]
-
-    return all(torch.equal(a, b) for a, b in zip(frozen(one), frozen(other), strict=True))

@@ -38,7 +38,7 @@ from training.evaluate import (
     tile_samples,
 )
 from training.export import export_onnx, latency_ms, onnx_session, quantize_int8, run_onnx
-from training.model import EvidenceNet, TwoSuffixNet
+from training.model import EvidenceNet
 from training.samples import KIND_PACKAGE, KIND_PHOTO, Rendered, Sample, render
 from training.train import (
     checkpoint_path,
@@ -62,17 +62,6 @@ def _json(path: Path, value: Any | None = None) -> Any:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(value, indent=2) + "\n")
     return value
-
-
-def load_shipped_network(config: TrainConfig) -> EvidenceNet | TwoSuffixNet:
-    """The fine-tuned network that is exported: with the embedding branch where the recipe has
-    one."""
-    model, _, _ = load_model(checkpoint_path(config))
-    branch = config.embedding_branch_config()
-    if branch is None:
-        return model
-    embedding, _, _ = load_model(checkpoint_path(branch))
-    return TwoSuffixNet(model, embedding).eval()
 
 
 def load_baseline(config: TrainConfig) -> EvidenceNet:
@@ -258,7 +247,7 @@ def parity_photos(config: TrainConfig, count: int = 8) -> list[Image.Image]:
 
 
 def torch_onnx_max_difference(
-    model: EvidenceNet | TwoSuffixNet, onnx_path: Path, images: list[Image.Image]
+    model: EvidenceNet, onnx_path: Path, images: list[Image.Image]
 ) -> float:
     batch = np.stack([model_input(image) for image in images])
     with torch.no_grad():
@@ -329,7 +318,7 @@ def export(config: TrainConfig) -> Path:
     (run_dir/model.onnx), which `calibrate` and `evaluate` then score."""
     torch.set_num_threads(config.threads)
     run_dir = Path(config.run_dir)
-    model = load_shipped_network(config)
+    model, _, _ = load_model(checkpoint_path(config))
     fp32_path = export_onnx(model, run_dir / "model.fp32.onnx")
     parity = torch_onnx_max_difference(model, fp32_path, parity_photos(config))
     if parity > PARITY_TOLERANCE:
@@ -423,19 +412,6 @@ def model_card(
     targets = target_verdicts(metrics, evaluation["model"])
     entry = calibrations["model"]
     baseline_state = torch.load(run_dir / "baseline.pt", map_location="cpu", weights_only=False)
-    branch = config.embedding_branch_config()
-    embedding_branch: dict[str, Any] = {"what": "none: one fine-tuned suffix gives every output"}
-    if branch is not None:
-        branch_state = torch.load(checkpoint_path(branch), map_location="cpu", weights_only=False)
-        embedding_branch = {
-            "what": "the embedding output comes from a second fine-tuned suffix over the same "
-            "frozen prefix, trained with these recipe fields changed; damage logit and map "
-            "come from the suffix trained with `config`",
-            "changed": config.embedding_branch,
-            "steps": branch_state["step"],
-            "train_seconds": round(branch_state["train_seconds"], 1),
-            "history": branch_state["history"],
-        }
     return build_card(
         name=config.name,
         version=config.version,
@@ -464,7 +440,6 @@ def model_card(
             "train_seconds_fine_tuned": round(state["train_seconds"], 1),
             "train_seconds_baseline": round(baseline_state["train_seconds"], 1),
             "history": state["history"],
-            "embedding_branch": embedding_branch,
             "calibration_details": entry["details"],
             "command": "python -m training run",
             "trained_at": time.strftime("%Y-%m-%d", time.gmtime()),

@@ -234,6 +234,25 @@ def embedding_loss(
     return contrastive + (triplet.mean() if len(triplet) else similarity.new_zeros(()))
 
 
+def same_product_loss(
+    embeddings: torch.Tensor, owner: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Supervised contrastive loss over phone photos and catalog images together: every other
+    view of the same product is a positive, every view of another product a negative.
+
+    `embedding_loss` only pulls a photo towards its catalog image; this term also pulls the
+    photos of one product together and the catalog views too, which keeps the embedding about
+    the product rather than about the damage the batch happens to carry."""
+    similarity = embeddings @ embeddings.T / temperature
+    eye = torch.eye(len(owner), dtype=torch.bool, device=owner.device)
+    similarity = similarity.masked_fill(eye, float("-inf"))
+    positive = (owner[:, None] == owner[None]) & ~eye
+    log_probability = similarity.log_softmax(dim=1).masked_fill(~positive, 0.0)
+    has_positive = positive.any(dim=1)
+    per_anchor = -log_probability.sum(dim=1)[has_positive] / positive.sum(dim=1)[has_positive]
+    return per_anchor.mean()
+
+
 def train_one_epoch(
     model: EvidenceNet,
     optimizer: torch.optim.Optimizer,
@@ -274,6 +293,12 @@ def train_one_epoch(
             config.embedding_temperature,
             config.hard_negative_margin,
         )
+        if config.same_product_weight:
+            views = len(photos) + len(catalogs)
+            view_owner = cache.product[rows[:views]].to(embedding.device)
+            match_loss = match_loss + config.same_product_weight * same_product_loss(
+                embedding[:views], view_owner, config.embedding_temperature
+            )
         loss = (
             image_loss
             + config.map_loss_weight * map_loss
@@ -364,7 +389,7 @@ def coarse_classes(products: list[str], splits: Splits) -> list[str]:
 def checkpoint_path(config: TrainConfig) -> Path:
     if not config.fine_tune:
         return Path(config.run_dir) / "baseline.pt"
-    return Path(config.run_dir) / (f"{config.branch}.pt" if config.branch else "model.pt")
+    return Path(config.run_dir) / "model.pt"
 
 
 def load_model(path: Path) -> tuple[EvidenceNet, TrainConfig, dict[str, Any]]:
