@@ -366,7 +366,7 @@ def test_the_fingerprint_changes_with_the_database_the_policy_and_the_model() ->
     base: dict[str, Any] = {
         "database_url": "sqlite:///a.sqlite3",
         "policy": POLICY,
-        "model_version": "evidence-lite0-1.2.0",
+        "model_version": "evidence-lite0-1.3.0",
     }
     fingerprint = maintenance_fingerprint(**base)
     assert maintenance_fingerprint(**base) == fingerprint
@@ -374,7 +374,7 @@ def test_the_fingerprint_changes_with_the_database_the_policy_and_the_model() ->
         {"database_url": "postgresql+psycopg://db/triage"},
         {"policy": POLICY.model_copy(update={"damage_high": 0.9})},
         {"policy": POLICY.model_copy(update={"weights": PriorityWeights(escalated=40.0)})},
-        {"model_version": "evidence-lite0-1.3.0"},
+        {"model_version": "evidence-lite0-1.4.0"},
     ):
         assert maintenance_fingerprint(**(base | change)) != fingerprint, change
 

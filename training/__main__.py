@@ -65,8 +65,7 @@ def parser() -> argparse.ArgumentParser:
     for name, help_text in (
         (
             "train",
-            "train the fine-tuned model and its embedding branch (or, with --baseline, the "
-            "frozen-trunk baseline)",
+            "train the fine-tuned model (or, with --baseline, the frozen-trunk baseline)",
         ),
         ("export", "ONNX export, parity check, INT8 study: the file that will ship"),
         (

@@ -260,10 +260,33 @@ def torch_onnx_max_difference(
 
 
 def _onnx_figures(
-    path: Path, rendered_images: np.ndarray, samples: list[Sample], labels: np.ndarray, splits: Any
+    path: Path,
+    rendered_images: np.ndarray,
+    samples: list[Sample],
+    labels: np.ndarray,
+    splits: Any,
+    tiles: Sequence[Rendered],
 ) -> dict[str, float]:
-    outputs = predict_images(onnx_predictor(path, threads=2), list(rendered_images))
-    return quick_figures(samples, labels, outputs, splits)
+    predict = onnx_predictor(path, threads=2)
+    outputs = predict_images(predict, list(rendered_images))
+    localisation = localisation_figures(tiles, predict_rendered(predict, tiles))
+    return {
+        **quick_figures(samples, labels, outputs, splits),
+        "tiles_image_auroc": localisation["image_auroc"],
+        "tiles_pixel_auroc": localisation["pixel_auroc"],
+    }
+
+
+# Every held-out AUROC the study measures; INT8 may lose at most INT8_MAX_AUROC_DROP on each.
+# The tiles are there because quantising the frozen ImageNet layers costs most on real damage of
+# a kind never trained on (1.3.0: -0.030 tile image AUROC against -0.003 on grocery photos).
+INT8_STUDY_AUROCS = (
+    "damage_auroc_synthetic",
+    "damage_auroc_packages",
+    "mismatch_auroc",
+    "tiles_image_auroc",
+    "tiles_pixel_auroc",
+)
 
 
 def int8_study(config: TrainConfig, fp32_path: Path, int8_path: Path) -> dict[str, Any]:
@@ -285,9 +308,16 @@ def int8_study(config: TrainConfig, fp32_path: Path, int8_path: Path) -> dict[st
     rendered = [render(s) for s in test_samples]
     images = np.stack([item.image for item in rendered])
     labels = np.array([item.damage for item in rendered])
+    tiles = [
+        render(sample)
+        for sample in tile_samples(
+            Path(config.data_root), config.tiles_intact_limit, config.eval_limit
+        )
+    ]
     study: dict[str, Any] = {
         "calibration_images": len(calibration_images),
         "test_images": len(test_samples),
+        "tiles": len(tiles),
         "threads": 2,
     }
     for name, path in (("fp32", fp32_path), ("int8", int8_path)):
@@ -295,20 +325,18 @@ def int8_study(config: TrainConfig, fp32_path: Path, int8_path: Path) -> dict[st
             "size_mb": round(path.stat().st_size / 1e6, 2),
             "latency_ms_batch1": round(latency_ms(path, images[:1], repeats=30), 2),
             "latency_ms_per_image_batch8": round(latency_ms(path, images[:8], repeats=10), 2),
-            **_onnx_figures(path, images, test_samples, labels, splits),
+            **_onnx_figures(path, images, test_samples, labels, splits, tiles),
         }
     speedup = study["fp32"]["latency_ms_batch1"] / study["int8"]["latency_ms_batch1"]
-    drop = max(
-        study["fp32"][key] - study["int8"][key]
-        for key in ("damage_auroc_synthetic", "damage_auroc_packages", "mismatch_auroc")
-    )
+    drop = max(study["fp32"][key] - study["int8"][key] for key in INT8_STUDY_AUROCS)
     ship_int8 = speedup >= INT8_MIN_SPEEDUP and drop <= INT8_MAX_AUROC_DROP
     study["speedup_batch1"] = round(speedup, 3)
     study["largest_auroc_drop"] = round(drop, 4)
     study["shipped"] = "int8" if ship_int8 else "fp32"
     study["rule"] = (
         f"ship INT8 only if at least {INT8_MIN_SPEEDUP}x faster at batch 1 and no "
-        f"held-out AUROC drops by more than {INT8_MAX_AUROC_DROP}"
+        f"held-out AUROC (grocery, packages, mismatch, tiles) drops by more than "
+        f"{INT8_MAX_AUROC_DROP}"
     )
     return study
 

@@ -332,24 +332,24 @@ class ModelPublic(BaseModel):
             "examples": [
                 {
                     "name": "evidence-lite0",
-                    "version": "1.2.0",
-                    "model_version": "evidence-lite0-1.2.0",
+                    "version": "1.3.0",
+                    "model_version": "evidence-lite0-1.3.0",
                     "input_size": 224,
                     "thresholds": {
-                        "damage_high": 0.85,
-                        "damage_low": 0.13,
-                        "mismatch_high": 0.7,
-                        "mismatch_low": 0.04,
-                        "listing_reuse_similarity": 0.9218,
+                        "damage_high": 0.82,
+                        "damage_low": 0.14,
+                        "mismatch_high": 0.68,
+                        "mismatch_low": 0.01,
+                        "listing_reuse_similarity": 0.9588,
                     },
                     "metrics": [
                         {
                             "name": "damage_auroc_real_packages",
-                            "value": 0.7355,
-                            "baseline": 0.7345,
+                            "value": 0.7532,
+                            "baseline": 0.7356,
                             "target": ">= 0.85",
                             "target_met": False,
-                            "interval_95": [0.6639, 0.7983],
+                            "interval_95": [0.6829, 0.8159],
                         }
                     ],
                     "limitations": [
