@@ -291,6 +291,39 @@ def test_same_product_loss_known_values(
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
+_FP32_STUDY = {
+    "latency_ms_batch1": 4.0,
+    "damage_auroc_synthetic": 0.82,
+    "damage_auroc_packages": 0.78,
+    "mismatch_auroc": 0.85,
+    "tiles_image_auroc": 0.71,
+    "tiles_pixel_auroc": 0.76,
+}
+
+
+@pytest.mark.parametrize(
+    ("int8_changes", "expected_format", "expected_drop"),
+    [
+        ({"latency_ms_batch1": 2.5}, "int8", 0.0),  # 1.6x faster, nothing lost
+        ({"latency_ms_batch1": 3.5}, "fp32", 0.0),  # 1.14x: not worth any risk
+        ({"latency_ms_batch1": 2.5, "mismatch_auroc": 0.835}, "fp32", 0.015),
+        # Level on grocery photos, but real damage of an unseen kind lost (1.3.0's case).
+        ({"latency_ms_batch1": 2.5, "tiles_image_auroc": 0.68}, "fp32", 0.03),
+        ({"latency_ms_batch1": 2.5, "tiles_pixel_auroc": 0.755}, "int8", 0.005),
+    ],
+)
+def test_int8_ships_only_when_faster_and_no_held_out_auroc_drops(
+    int8_changes: dict[str, float], expected_format: str, expected_drop: float
+) -> None:
+    pytest.importorskip("torch")
+    from training.pipeline import choose_int8_or_fp32
+
+    shipped, speedup, drop = choose_int8_or_fp32(_FP32_STUDY, {**_FP32_STUDY, **int8_changes})
+    assert shipped == expected_format
+    assert speedup == pytest.approx(4.0 / int8_changes["latency_ms_batch1"])
+    assert drop == pytest.approx(expected_drop, abs=1e-9)
+
+
 @pytest.mark.shared_data
 def test_more_variants_keep_the_recipe_samples(shared_data: Path) -> None:
     """bench/recipe_study.py trains the recipe on a subset of a larger rendered pool: the
