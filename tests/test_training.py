@@ -77,6 +77,18 @@ def test_labelled_photo_manifests_csv_and_jsonl(tmp_path: Path) -> None:
         load_labelled_photos(tmp_path / "bad.csv")
 
 
+def test_labelled_photos_written_are_read_back_the_same(tmp_path: Path) -> None:
+    from training.data import LabelledPhoto, load_labelled_photos, write_labelled_photos
+
+    photos = [
+        LabelledPhoto(tmp_path / "a.jpg", True, None, ()),
+        LabelledPhoto(tmp_path / "b.jpg", None, False, (tmp_path / "l1.jpg", tmp_path / "l2.jpg")),
+        LabelledPhoto(tmp_path / "c.jpg", False, True, (tmp_path / "l1.jpg",)),
+    ]
+    manifest = write_labelled_photos(tmp_path / "labels.csv", photos)
+    assert load_labelled_photos(manifest) == photos
+
+
 def _product_photo() -> Image.Image:
     """A plain-background 'catalog' picture: a textured ellipse on white."""
     rng = np.random.default_rng(0)

@@ -1,4 +1,5 @@
-"""`python -m training {train,calibrate,evaluate,export,run}`: the recipe of the shipped model.
+"""`python -m training {train,export,calibrate,evaluate,release,run,recalibrate}`: the recipe of
+the shipped model, and a refit of its calibration from reviewer labels.
 
 `run` does everything in order and is resumable: finished stages are picked up from the run
 directory (checkpoints, caches), an interrupted training run continues from its last checkpoint.
@@ -11,6 +12,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, get_type_hints
 
 from training.config import TrainConfig
@@ -102,11 +104,33 @@ def parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="train the heads only, on the frozen ImageNet trunk",
             )
+    recalibrate = commands.add_parser(
+        "recalibrate",
+        help="refit a released model's calibration and thresholds from reviewer labels "
+        "(`triage labels export`), without retraining; writes a new model folder",
+    )
+    recalibrate.add_argument("--model-dir", required=True, help="the released model folder")
+    recalibrate.add_argument(
+        "--labels", required=True, help="labelled photos (CSV/JSONL, the export's format)"
+    )
+    recalibrate.add_argument("--out", required=True, help="the new model folder")
+    recalibrate.add_argument("--version", required=True, help="the new card's version")
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parser().parse_args(argv)
+    if arguments.command == "recalibrate":
+        from training.recalibrate import recalibrate
+
+        written = recalibrate(
+            Path(arguments.model_dir),
+            Path(arguments.labels),
+            Path(arguments.out),
+            arguments.version,
+        )
+        print(f"recalibrated model written to {written}")
+        return
     config = build_config(arguments)
     # Imported here so that `--help` answers without loading torch.
     from training import pipeline, train

@@ -154,6 +154,27 @@ def load_labelled_photos(manifest: Path) -> list[LabelledPhoto]:
     return photos
 
 
+def write_labelled_photos(path: Path, photos: Iterable[LabelledPhoto]) -> Path:
+    """Write labelled photos as a CSV manifest that `load_labelled_photos` reads back."""
+
+    def flag(value: bool | None) -> str:
+        return "" if value is None else str(int(value))
+
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("photo", "damage", "matches_listing", "listing_images"))
+        for photo in photos:
+            writer.writerow(
+                (
+                    photo.path,
+                    flag(photo.damage),
+                    flag(photo.matches_listing),
+                    ";".join(str(image) for image in photo.listing_images),
+                )
+            )
+    return path
+
+
 def assign_splits(
     groups: Iterable[str], val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, str]:
