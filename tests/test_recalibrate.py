@@ -148,3 +148,19 @@ def test_ece_of_the_known_calibration_is_small_on_its_own_draws() -> None:
     scores = _scores_from(-12.0, 7.0, 2.5, -0.5, count=6000)
     probabilities = sigmoid(-12.0 * scores.similarities + 7.0)
     assert expected_calibration_error(scores.mismatch_labels, probabilities) < 0.03
+
+
+def test_labels_that_cannot_be_used_are_refused_with_the_reason(tmp_path: Path) -> None:
+    from training.data import LabelledPhoto
+    from training.recalibrate import score_labelled_photos
+
+    model = SHIPPED / "model.onnx"
+    unlabelled = [LabelledPhoto(tmp_path / "a.jpg", None, None, ())]
+    with pytest.raises(ValueError, match="no labelled photo"):
+        score_labelled_photos(model, unlabelled)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    with pytest.raises(ValueError, match=r"broken\.jpg"):
+        score_labelled_photos(model, [LabelledPhoto(broken, True, None, ())])
+    with pytest.raises(ValueError, match=r"missing\.jpg"):
+        score_labelled_photos(model, [LabelledPhoto(tmp_path / "missing.jpg", True, None, ())])

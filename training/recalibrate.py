@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from service.preprocess import batch_inputs
 from training.calibrate import HIGH_PRECISION, LOW_MISS_RATE
@@ -57,11 +58,24 @@ def score_labelled_photos(
     """Run the file on each photo, and on each listing image once, through the service's
     decoding and preprocessing; the mismatch score uses the best match over a listing's images,
     as the service does."""
+    photos = [
+        photo
+        for photo in photos
+        if photo.damage is not None or (photo.matches_listing is not None and photo.listing_images)
+    ]
+    if not photos:
+        raise ValueError("no labelled photo: each row needs a damage or a matches_listing label")
     session = onnx_session(model_path, threads)
+
+    def decoded(path: Path) -> Image.Image:
+        try:
+            return load_photo(path)
+        except (OSError, ValueError) as error:  # a missing or unreadable file: say which one
+            raise ValueError(f"{path}: {error}") from error
 
     def outputs(paths: Sequence[Path]) -> dict[str, np.ndarray]:
         parts = [
-            run_onnx(session, batch_inputs([load_photo(p) for p in paths[i : i + BATCH]]))
+            run_onnx(session, batch_inputs([decoded(p) for p in paths[i : i + BATCH]]))
             for i in range(0, len(paths), BATCH)
         ]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
