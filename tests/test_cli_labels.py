@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -347,6 +348,42 @@ def test_export_takes_the_latest_label_and_copies_the_photos(store: Store, tmp_p
     assert "rows written: 2;" in export.stderr
     assert "skipped as missing from the store: 0 " in export.stderr
     assert export.stdout.strip() == str(export.manifest)
+
+
+def test_the_export_feeds_recalibration_of_the_shipped_model(store: Store, tmp_path: Path) -> None:
+    """What reviewers export is what `python -m training recalibrate` reads (too few labels to
+    refit here: the new card keeps the calibration and counts what it was given)."""
+    pytest.importorskip("torch", reason="recalibration is part of the train extra")
+    from service.engine import DEFAULT_MODEL_DIR, ScoringEngine
+    from training.__main__ import main as training_main
+
+    claim_id, (first, second) = store.claim(
+        [image_bytes(1)], [image_bytes(10), image_bytes(11, "WEBP")]
+    )
+    store.review(
+        claim_id,
+        0,
+        {"photo_id": first, "damage": True, "matches_listing": True},
+        {"photo_id": second, "damage": False, "matches_listing": None},
+    )
+    export = run_export(tmp_path / "out")
+    out = tmp_path / "recalibrated"
+    training_main(
+        [
+            "recalibrate",
+            "--model-dir",
+            str(DEFAULT_MODEL_DIR),
+            "--labels",
+            str(export.manifest),
+            "--out",
+            str(out),
+            "--version",
+            "site-1",
+        ]
+    )
+    report = json.loads((out / "model_card.json").read_text())["recalibration"]
+    assert (report["damage"]["labels"], report["mismatch"]["labels"]) == (2, 1)
+    assert ScoringEngine.load(out).model_version.endswith("site-1")
 
 
 def test_missing_photo_bytes_are_skipped_with_a_warning(store: Store, tmp_path: Path) -> None:
