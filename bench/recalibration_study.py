@@ -34,8 +34,13 @@ from training.data import (
     make_splits,
     write_labelled_photos,
 )
-from training.metrics import calibrated_ece_spread, expected_calibration_error, sigmoid
-from training.recalibrate import LabelledScores, recalibrate, score_labelled_photos
+from training.metrics import calibrated_ece_spread, expected_calibration_error
+from training.recalibrate import (
+    LabelledScores,
+    card_calibration,
+    recalibrate,
+    score_labelled_photos,
+)
 
 
 def _half(key: str) -> str:
@@ -61,13 +66,9 @@ def label_halves(data_root: Path, split_by: str) -> dict[str, list[LabelledPhoto
 
 
 def figures(scores: LabelledScores, card: dict[str, Any]) -> dict[str, str]:
-    mismatch, damage, thresholds = (
-        card["calibration"]["mismatch"],
-        card["calibration"]["damage"],
-        card["thresholds"],
-    )
-    p_mismatch = sigmoid(mismatch["slope"] * scores.similarities + mismatch["intercept"])
-    p_damage = sigmoid(scores.damage_logits / damage["temperature"] + damage["bias"])
+    calibration, thresholds = card_calibration(card), card["thresholds"]
+    p_mismatch = calibration.mismatch(scores.similarities)
+    p_damage = calibration.damage(scores.damage_logits)
     below = p_mismatch < thresholds["mismatch_low"]
     above = p_mismatch >= thresholds["mismatch_high"]
     wrong = scores.mismatch_labels.astype(bool)

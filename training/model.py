@@ -110,20 +110,15 @@ class EvidenceNet(nn.Module):
             x = block(x)
         return self.head_conv(x)
 
-    def damage_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         damage_features = self.damage_features(features)
         damage_map = self.damage_map_head(damage_features).squeeze(1)
         pooled = torch.cat(
             [damage_features.mean(dim=(2, 3)), damage_features.amax(dim=(2, 3))], dim=1
         )
-        return self.damage_classifier(pooled).squeeze(1), damage_map
-
-    def embed(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.embedding_head(features.mean(dim=(2, 3))), dim=1)
-
-    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        damage_logit, damage_map = self.damage_heads(features)
-        return damage_logit, damage_map, self.embed(features)
+        damage_logit = self.damage_classifier(pooled).squeeze(1)
+        embedding = F.normalize(self.embedding_head(features.mean(dim=(2, 3))), dim=1)
+        return damage_logit, damage_map, embedding
 
     def forward_from_prefix(
         self, prefix_features: torch.Tensor

@@ -113,13 +113,14 @@ def shipped_predictor(config: TrainConfig) -> Predictor:
     return onnx_predictor(path, config.threads)
 
 
-def _joined(parts: list[Outputs]) -> Outputs:
+def joined_outputs(parts: list[Outputs]) -> Outputs:
+    """Model outputs of several batches as one."""
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def predict_images(predict: Predictor, images: Sequence[np.ndarray]) -> Outputs:
     """Model inputs (3, 224, 224 each) scored in batches."""
-    return _joined(
+    return joined_outputs(
         [
             predict(np.stack(images[start : start + RENDER_BATCH]))
             for start in range(0, len(images), RENDER_BATCH)
@@ -134,7 +135,7 @@ def predict_rendered(predict: Predictor, rendered: Sequence[Rendered]) -> Output
 def predict_samples(predict: Predictor, samples: Sequence[Sample]) -> Outputs:
     """Render and score samples a batch at a time: a held-out split rendered at once would hold
     about 1 GB of model inputs."""
-    return _joined(
+    return joined_outputs(
         [
             predict_rendered(predict, [render(s) for s in samples[start : start + RENDER_BATCH]])
             for start in range(0, len(samples), RENDER_BATCH)

@@ -23,6 +23,7 @@ from service.preprocess import batch_inputs
 from training.calibrate import HIGH_PRECISION, LOW_MISS_RATE
 from training.card import read_card, write_card
 from training.data import LabelledPhoto, load_labelled_photos, load_photo
+from training.evaluate import Calibration
 from training.export import onnx_session, run_onnx
 from training.metrics import (
     calibrated_ece_spread,
@@ -33,6 +34,7 @@ from training.metrics import (
     low_threshold,
     sigmoid,
 )
+from training.pipeline import joined_outputs
 
 # Fewer labels than this in either class leave that score's calibration as it was: a fit on a
 # handful of examples would move the lanes on noise.
@@ -52,17 +54,28 @@ class LabelledScores:
     listings: np.ndarray  # the listing each mismatch label was given against (its fold group)
 
 
+def _has_match_label(photo: LabelledPhoto) -> bool:
+    return photo.matches_listing is not None and bool(photo.listing_images)
+
+
+def card_calibration(card: dict[str, Any]) -> Calibration:
+    """A card's calibration as the training code applies it."""
+    damage, mismatch = card["calibration"]["damage"], card["calibration"]["mismatch"]
+    return Calibration(
+        temperature=damage["temperature"],
+        mismatch_slope=mismatch["slope"],
+        mismatch_intercept=mismatch["intercept"],
+        damage_bias=damage["bias"],
+    )
+
+
 def score_labelled_photos(
     model_path: Path, photos: Sequence[LabelledPhoto], threads: int = 2
 ) -> LabelledScores:
     """Run the file on each photo, and on each listing image once, through the service's
     decoding and preprocessing; the mismatch score uses the best match over a listing's images,
     as the service does."""
-    photos = [
-        photo
-        for photo in photos
-        if photo.damage is not None or (photo.matches_listing is not None and photo.listing_images)
-    ]
+    photos = [photo for photo in photos if photo.damage is not None or _has_match_label(photo)]
     if not photos:
         raise ValueError("no labelled photo: each row needs a damage or a matches_listing label")
     session = onnx_session(model_path, threads)
@@ -74,11 +87,12 @@ def score_labelled_photos(
             raise ValueError(f"{path}: {error}") from error
 
     def outputs(paths: Sequence[Path]) -> dict[str, np.ndarray]:
-        parts = [
-            run_onnx(session, batch_inputs([decoded(p) for p in paths[i : i + BATCH]]))
-            for i in range(0, len(paths), BATCH)
-        ]
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return joined_outputs(
+            [
+                run_onnx(session, batch_inputs([decoded(p) for p in paths[i : i + BATCH]]))
+                for i in range(0, len(paths), BATCH)
+            ]
+        )
 
     photo_outputs = outputs([photo.path for photo in photos])
     listing_paths = sorted({path for photo in photos for path in photo.listing_images})
@@ -92,7 +106,7 @@ def score_labelled_photos(
         if photo.damage is not None:
             damage_labels.append(int(photo.damage))
             damage_logits.append(float(photo_outputs["damage_logit"][row]))
-        if photo.matches_listing is not None and photo.listing_images:
+        if _has_match_label(photo):
             listing = np.stack([listing_embedding[path] for path in photo.listing_images])
             mismatch_labels.append(int(not photo.matches_listing))
             similarities.append(float((listing @ photo_outputs["embedding"][row]).max()))
