@@ -118,3 +118,19 @@ def test_shipped_model_scores_from_the_shell(photos: dict[str, Path], monkeypatc
     (line,) = json_lines(result.stdout)
     assert line["model_version"] == "evidence-lite0-1.3.0"
     assert 0 <= line["damage"] <= 1 and 0 <= line["mismatch"] <= 1
+
+
+def test_table_keeps_the_whole_photo_path_on_a_narrow_terminal(
+    runner: CliRunner, photos: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    deep = tmp_path / "claims" / "2026" / "november" / "buyer-uploads" / "front-left-corner.jpg"
+    deep.parent.mkdir(parents=True)
+    deep.write_bytes(photos["damaged"].read_bytes())
+    monkeypatch.setenv("COLUMNS", "70")
+    result = runner.invoke(app, ["score", str(deep)])
+    assert result.exit_code == 0, result.output
+    # The path is wrapped inside its cell; joined again, every character of it is there.
+    cells = "".join(
+        line.split("│")[1].strip() for line in result.stdout.splitlines() if "│" in line
+    )
+    assert str(deep) in cells

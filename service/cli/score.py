@@ -65,8 +65,11 @@ def score(
             typer.echo(json.dumps(line))
     if not as_json:
         table = Table(title=f"Photo assessment ({engine.model_version})")
-        for column in ("photo", "damage", "mismatch", "similarity", "issues / error"):
-            table.add_column(column)
+        # The photo's whole path, wrapped: a narrow terminal must not cut it to a shared prefix.
+        table.add_column("photo", overflow="fold", ratio=2)
+        for column in ("damage", "mismatch", "similarity"):
+            table.add_column(column, justify="right", no_wrap=True)
+        table.add_column("issues / error", ratio=1)
         for line in results:
             table.add_row(
                 line["photo"],
