@@ -66,7 +66,9 @@ LIMITATIONS = [
     "Magnetic tiles were used for evaluation only (localisation on an unseen domain), never for "
     "training.",
     "Calibration and thresholds were fitted on held-out grocery products and package photos; "
-    "other photo populations may need recalibration from reviewer labels.",
+    "other photo populations may need recalibration from reviewer labels: export them with "
+    "`triage labels export OUT_DIR` and refit with `python -m training recalibrate --model-dir "
+    "MODEL_DIR --labels OUT_DIR/labels.csv --out NEW_DIR --version NEW_VERSION` (no retraining).",
 ]
 
 
