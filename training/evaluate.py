@@ -30,6 +30,16 @@ Outputs = dict[str, np.ndarray]
 Predictor = Callable[[np.ndarray], Outputs]  # (N, 3, 224, 224) -> damage_logit, damage_map, ...
 
 
+def damage_probability(logits: np.ndarray, temperature: float, bias: float) -> np.ndarray:
+    """The card's damage calibration: sigmoid(logit / temperature + bias)."""
+    return sigmoid(np.asarray(logits) / temperature + bias)
+
+
+def mismatch_probability(similarity: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """The card's mismatch calibration: sigmoid(slope * best similarity + intercept)."""
+    return sigmoid(slope * np.asarray(similarity) + intercept)
+
+
 @dataclass(frozen=True)
 class Calibration:
     temperature: float
@@ -38,10 +48,10 @@ class Calibration:
     damage_bias: float = 0.0
 
     def damage(self, logits: np.ndarray) -> np.ndarray:
-        return sigmoid(np.asarray(logits) / self.temperature + self.damage_bias)
+        return damage_probability(logits, self.temperature, self.damage_bias)
 
     def mismatch(self, similarity: np.ndarray) -> np.ndarray:
-        return sigmoid(self.mismatch_slope * np.asarray(similarity) + self.mismatch_intercept)
+        return mismatch_probability(similarity, self.mismatch_slope, self.mismatch_intercept)
 
 
 def listing_pairs(samples: Sequence[Sample], splits: Splits, outputs: Outputs) -> dict[str, Any]:

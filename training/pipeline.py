@@ -189,6 +189,12 @@ def _calibration(entry: dict[str, Any]) -> Calibration:
     return Calibration(**entry["calibration"])
 
 
+def rendered_tiles(config: TrainConfig) -> list[Rendered]:
+    """The magnetic tiles the INT8 study and the evaluation score, rendered with their masks."""
+    samples = tile_samples(Path(config.data_root), config.tiles_intact_limit, config.eval_limit)
+    return [render(sample) for sample in samples]
+
+
 def evaluate(config: TrainConfig) -> dict[str, Any]:
     """Held-out test figures for the shipped file and the frozen-trunk baseline."""
     torch.set_num_threads(config.threads)
@@ -198,10 +204,9 @@ def evaluate(config: TrainConfig) -> dict[str, Any]:
     calibrations = _json(Path(config.run_dir) / "calibration.json")
     baseline = load_baseline(config)
     cache, samples = data_caches(config, baseline, splits, "test")
-    tiles = tile_samples(Path(config.data_root), config.tiles_intact_limit, config.eval_limit)
     # Rendered once for both models (and their masks); the baseline runs its whole network on
     # them instead of going through a prefix cache of its own, which would render them again.
-    tiles_rendered = [render(sample) for sample in tiles]
+    tiles_rendered = rendered_tiles(config)
     shipped = shipped_predictor(config)
     scored = {
         "model": (predict_samples(shipped, samples), predict_rendered(shipped, tiles_rendered)),
@@ -317,12 +322,7 @@ def int8_study(config: TrainConfig, fp32_path: Path, int8_path: Path) -> dict[st
     rendered = [render(s) for s in test_samples]
     images = np.stack([item.image for item in rendered])
     labels = np.array([item.damage for item in rendered])
-    tiles = [
-        render(sample)
-        for sample in tile_samples(
-            Path(config.data_root), config.tiles_intact_limit, config.eval_limit
-        )
-    ]
+    tiles = rendered_tiles(config)
     study: dict[str, Any] = {
         "calibration_images": len(calibration_images),
         "test_images": len(test_samples),

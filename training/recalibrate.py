@@ -23,7 +23,7 @@ from service.preprocess import batch_inputs
 from training.calibrate import HIGH_PRECISION, LOW_MISS_RATE
 from training.card import read_card, write_card
 from training.data import LabelledPhoto, load_labelled_photos, load_photo
-from training.evaluate import Calibration
+from training.evaluate import Calibration, damage_probability, mismatch_probability
 from training.export import onnx_session, run_onnx
 from training.metrics import (
     calibrated_ece_spread,
@@ -32,7 +32,6 @@ from training.metrics import (
     fit_temperature_and_bias,
     high_threshold,
     low_threshold,
-    sigmoid,
 )
 from training.pipeline import joined_outputs
 
@@ -134,26 +133,17 @@ def _enough(labels: np.ndarray) -> bool:
 
 @dataclass(frozen=True)
 class _Score:
-    """One calibrated score: its two parameters' names in the card and its probability map."""
+    """One calibrated score: its two parameters' names in the card, how they are fitted, and
+    the probability they give (the formula `Calibration` applies)."""
 
     name: str
     parameters: tuple[str, str]
     fit: Callable[[np.ndarray, np.ndarray], tuple[float, float]]
-    probability: Callable[[tuple[float, float], np.ndarray], np.ndarray]
+    probability: Callable[[np.ndarray, float, float], np.ndarray]
 
 
-_DAMAGE = _Score(
-    "damage",
-    ("temperature", "bias"),
-    fit_temperature_and_bias,
-    lambda fit, logits: sigmoid(logits / fit[0] + fit[1]),
-)
-_MISMATCH = _Score(
-    "mismatch",
-    ("slope", "intercept"),
-    fit_logistic,
-    lambda fit, similarity: sigmoid(fit[0] * similarity + fit[1]),
-)
+_DAMAGE = _Score("damage", ("temperature", "bias"), fit_temperature_and_bias, damage_probability)
+_MISMATCH = _Score("mismatch", ("slope", "intercept"), fit_logistic, mismatch_probability)
 
 
 def _refit_score(
@@ -167,7 +157,7 @@ def _refit_score(
     """Refit one score in place in `calibration` and `thresholds` if there are enough labels;
     the report on it either way."""
     entry = calibration[score.name]
-    before = score.probability((entry[score.parameters[0]], entry[score.parameters[1]]), x)
+    before = score.probability(x, entry[score.parameters[0]], entry[score.parameters[1]])
     if not _enough(labels):
         return {
             "refitted": False,
@@ -181,12 +171,12 @@ def _refit_score(
         for fold in np.unique(folds):
             held_out = folds == fold
             fitted_elsewhere = score.fit(labels[~held_out], x[~held_out])
-            out_of_fold[held_out] = score.probability(fitted_elsewhere, x[held_out])
+            out_of_fold[held_out] = score.probability(x[held_out], *fitted_elsewhere)
     parameters = score.fit(labels, x)
     entry.update(
         {key: round(value, 4) for key, value in zip(score.parameters, parameters, strict=True)}
     )
-    fitted = score.probability(parameters, x)
+    fitted = score.probability(x, *parameters)
     thresholds[f"{score.name}_high"] = high_threshold(labels, fitted, HIGH_PRECISION)
     thresholds[f"{score.name}_low"] = low_threshold(labels, fitted, LOW_MISS_RATE)
     return {"refitted": True, **_ece_report(labels, before, out_of_fold)}
