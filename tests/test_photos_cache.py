@@ -303,6 +303,34 @@ def test_a_rescore_deletes_the_old_heatmap_png_and_serves_the_new_one(
     assert len(heatmap_renders) == 2  # the second GET of the new map is a cache hit
 
 
+def test_a_png_rendered_from_a_map_that_a_rescore_replaced_meanwhile_is_not_left_behind(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request reads the old map, the rescore commits while it renders, and the request
+    writes the old map's PNG after that: it must not stay on disk until a restart."""
+    photo = upload_evidence(api_server, seed=375)
+    cache = heatmap_cache_of(api_server)
+    render = Runtime.render_heatmap
+
+    def render_while_a_rescore_commits(
+        self: Runtime, original: bytes, damage_map: list[list[float]]
+    ) -> bytes:
+        png = render(self, original, damage_map)
+        if damage_map != UNIFORM_MAP:
+            set_damage_map(api_server, photo["photo_id"], UNIFORM_MAP)
+        return png
+
+    monkeypatch.setattr(Runtime, "render_heatmap", render_while_a_rescore_commits)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        raced = buyer.get(photo["heatmap_url"])
+        # Served as read (the map was stored when the request read it), but not kept.
+        assert raced.status_code == 200
+        assert cache.keys_of(photo["photo_id"]) == []
+        after = buyer.get(photo["heatmap_url"])
+    assert after.status_code == 200 and after.content != raced.content
+    assert cache.keys_of(photo["photo_id"]) == [key_of(after.headers["etag"])]
+
+
 def test_a_photo_in_two_claims_keeps_the_heatmap_of_each_stored_map(
     api_server: ApiServer, heatmap_renders: list[str]
 ) -> None:
@@ -339,7 +367,7 @@ def test_start_up_deletes_the_heatmaps_of_maps_no_longer_stored(
     cache = heatmap_cache_of(api_server)
     with api_server.client(api_server.keys["reviewer"]) as reviewer:
         live = key_of(reviewer.get(photo["heatmap_url"]).headers["etag"])
-    # Left behind as by a request that raced a clean-up, or a crash: a replaced map of this
+    # Left behind as by a crash or a prune that failed: a replaced map of this
     # photo, and a photo that is no evidence anywhere.
     replaced = heatmap_key(photo["photo_id"], UNIFORM_MAP, 224)
     unknown = heatmap_key("0f" * 32, UNIFORM_MAP, 224)

@@ -340,9 +340,9 @@ class Runtime:
         The caller lists `keys` from the cache BEFORE this reads the database, which is what
         makes it safe beside requests: a listed PNG was made from a map that a request read,
         committed before this read, so while that map is stored this read finds it and the PNG
-        stays. A request that read the old map just before it was replaced can still write the
-        old PNG after this deleted it; the photo's next clean-up, or the next start-up's sweep,
-        removes that one.
+        stays. A PNG written after the listing is not this call's to judge: the request that
+        wrote it prunes once it is stored (`prune_heatmaps`), reading the database after its
+        write, so the PNG of a map replaced while it was rendered goes too.
         """
         removed = 0
         for start in range(0, len(keys), HEATMAP_CLEANUP_CHUNK):
@@ -351,17 +351,17 @@ class Runtime:
             removed += sum(self.heatmaps.discard(key) for key in chunk if key not in live)
         return removed
 
-    def prune_heatmaps(self, photo_id: str, *, keep: str) -> int:
-        """For the route, having rendered this photo's PNG under `keep` because it was not
-        cached (mostly a new damage map): delete the photo's other PNGs that can no longer be
-        served. One folder listing; a database read only when the photo has other PNGs."""
-        others = [key for key in self.heatmaps.keys_of(photo_id) if key != keep]
-        return self.discard_unservable_heatmaps(others) if others else 0
+    def prune_heatmaps(self, photo_id: str) -> int:
+        """For the route, having stored a PNG of this photo that was not cached (mostly a new
+        damage map): delete the photo's PNGs that can no longer be served, the one just stored
+        included if its map was replaced while it was rendered. One folder listing and one
+        database read."""
+        return self.discard_unservable_heatmaps(self.heatmaps.keys_of(photo_id))
 
     def sweep_heatmaps(self) -> int:
-        """At start-up: delete every cached PNG whose damage map is no longer stored, those a
-        request wrote while racing a clean-up included (see `discard_unservable_heatmaps`), and
-        any PNG left in an older naming layout. The cache is listed once, for both."""
+        """At start-up: delete every cached PNG whose damage map is no longer stored (left by a
+        crash, or by a prune that failed), and any PNG left in an older naming layout. The cache
+        is listed once, for both."""
         files = self.heatmaps.files()
         return self.heatmaps.discard_strays(files.strays) + self.discard_unservable_heatmaps(
             files.keys

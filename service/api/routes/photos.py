@@ -8,8 +8,9 @@ client revalidating with If-None-Match gets a 304 without a byte of the image.
 A heatmap PNG is cached the same way in `Runtime.heatmaps`, keyed by the SHA-256 of what
 determines its bytes (`Runtime.heatmap_key`: photo id, the stored damage map, format version), so
 a new damage map for the same photo (another claim, a model upgrade) gets a new file and ETag.
-Rendering a PNG that was not cached also deletes the photo's PNGs whose damage map is no longer
-stored (`Runtime.prune_heatmaps`), so a rescore does not leave the old file behind forever.
+Once a PNG that was not cached is stored, the photo's PNGs whose damage map is no longer stored
+are deleted (`Runtime.prune_heatmaps`), that new PNG included if a rescore replaced its map while
+it was rendered, so a rescore leaves no old file behind.
 """
 
 from __future__ import annotations
@@ -98,9 +99,11 @@ def _cached_response(
     headers: dict[str, str],
     if_none_match: str | None,
     photo_id: str,
+    after_store: Callable[[], None] | None = None,
 ) -> Response:
     """304 when If-None-Match names the current ETag; otherwise the cached bytes, made and
-    stored on a miss. A full or read-only disk costs speed, not the answer: they are sent anyway."""
+    stored on a miss, then `after_store` is called. A full or read-only disk costs speed, not the
+    answer: they are sent anyway."""
     if if_none_match is not None and etag_matches(if_none_match, headers["ETag"]):
         return Response(status_code=304, headers=headers)
     data = cache.get(key)
@@ -110,6 +113,8 @@ def _cached_response(
             cache.put(key, data)
         except OSError:
             logger.warning(f"{cache.kind} not cached", extra={"photo_id": photo_id}, exc_info=True)
+        if after_store is not None:
+            after_store()
     return Response(data, media_type=media_type, headers=headers)
 
 
@@ -174,22 +179,23 @@ def get_heatmap(
     damage_map = evidence.damage_map
     cache_key = runtime.heatmap_key(photo_id, damage_map)
 
-    def render() -> bytes:
-        png = runtime.render_heatmap(original, damage_map)
+    def prune() -> None:
         # Not cached, most often because the map is new: the PNG of the map it replaced can
-        # no longer be served. Best effort: a failure leaves a file for start-up's sweep.
+        # no longer be served. Run after the new PNG is stored, so that it is checked too: a
+        # rescore may have replaced `damage_map` while it was rendered. Best effort: a failure
+        # leaves a file for start-up's sweep.
         try:
-            runtime.prune_heatmaps(photo_id, keep=cache_key)
+            runtime.prune_heatmaps(photo_id)
         except (OSError, SQLAlchemyError):
             logger.warning("old heatmaps not pruned", extra={"photo_id": photo_id}, exc_info=True)
-        return png
 
     return _cached_response(
         runtime.heatmaps,
         cache_key,
-        render,
+        lambda: runtime.render_heatmap(original, damage_map),
         media_type="image/png",
         headers={"Cache-Control": _HEATMAP_CACHE, "ETag": heatmap_etag(cache_key)},
         if_none_match=if_none_match,
         photo_id=photo_id,
+        after_store=prune,
     )
