@@ -372,3 +372,36 @@ def test_rendering_in_worker_processes_matches_rendering_in_one(shared_data: Pat
         np.testing.assert_array_equal(one.image, other.image)
         np.testing.assert_array_equal(one.map_target, other.map_target)
         assert (one.damage, one.kinds) == (other.damage, other.kinds)
+
+
+@pytest.mark.shared_data
+def test_the_study_pack_keeps_exactly_the_evaluated_tiles(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/recipe_study.py packs only the tiles the evaluation reads (to fit a device
+    transfer); the evaluation must pick the very same tiles, in order, from the smaller
+    manifest."""
+    import csv
+    import importlib
+
+    pytest.importorskip("torch")
+    from training.evaluate import tile_samples
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "bench"))
+    recipe_study = importlib.import_module("recipe_study")
+
+    columns, rows = recipe_study.evaluated_tile_rows(shared_data)
+    (tmp_path / "tiles").mkdir()
+    with (tmp_path / "tiles" / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def relative(root: Path) -> list[tuple[str, str | None]]:
+        return [
+            (str(s.path.relative_to(root)), s.mask_path and str(s.mask_path.relative_to(root)))
+            for s in tile_samples(root, 200)
+        ]
+
+    assert len(rows) == 592
+    assert relative(tmp_path) == relative(shared_data)
