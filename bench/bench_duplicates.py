@@ -1,7 +1,8 @@
 """Near-duplicate detection: recall on copies, false positives on real photos, lookup speed.
 
     python bench/bench_duplicates.py --data ../shared/data [--photos-per-product 8]
-        [--sizes 1000,10000,100000,1000000] [--skip-accuracy] [--skip-speed]
+        [--sizes 1000,10000,100000,1000000] [--pending 100,1000,5000] [--skip-accuracy]
+        [--skip-speed]
 
 Accuracy (grocery phone photos, ../shared/data): every sampled photo is stored in an index under
 its windows (service.duplicates.photo_windows); its copies (re-encoded, resized, cropped) are
@@ -31,6 +32,10 @@ from service.duplicates import (
     DUPLICATE_MAX_DISTANCE,
     WINDOWS,
     DuplicateIndex,
+    DuplicateMatch,
+    WindowScan,
+    format_hashes,
+    parse_hashes,
     perceptual_hash,
     photo_windows,
 )
@@ -188,6 +193,57 @@ def speed(sizes: list[int], queries: int, seed: int) -> None:
         del index, hashes, refs
 
 
+def _look_up_with_index(
+    rows: list[tuple[str, str]], queries: list[int]
+) -> list[list[DuplicateMatch]]:
+    index = DuplicateIndex()
+    index.add_photos((parse_hashes(text), ref) for ref, text in rows)
+    return [index.query(query) for query in queries]
+
+
+def _look_up_with_scan(
+    rows: list[tuple[str, str]], queries: list[int]
+) -> list[list[DuplicateMatch]]:
+    scan = WindowScan(rows)
+    return [scan.query(query) for query in queries]
+
+
+def pending_lookup(sizes: list[int], repeats: int, seed: int) -> None:
+    """What an upload pays to look its photos up among the uploads still being recorded
+    (`Runtime.register_pending_evidence`): the rows' texts parsed, then one query per photo of
+    the upload. Baseline, in the same run: each text parsed hash by hash into a DuplicateIndex,
+    as before session 9."""
+    rng = np.random.default_rng(seed)
+    photos_in_upload = 2
+    print(
+        f"pending look-up: N registered photos x {len(WINDOWS)} windows, an upload of "
+        f"{photos_in_upload} photos; median over {repeats} runs"
+    )
+    print(f"{'pending photos':>15s} {'index ms':>9s} {'scan ms':>8s} {'speed-up':>9s}")
+    for size in sizes:
+        windows = rng.integers(0, 2**64, size=(size, len(WINDOWS)), dtype=np.uint64)
+        rows = [
+            (f"clm_{i}/{i:064x}", format_hashes(int(h) for h in row))
+            for i, row in enumerate(windows)
+        ]
+        queries = [int(windows[rng.integers(size), 0]) ^ 0b101 for _ in range(photos_in_upload)]
+
+        if _look_up_with_index(rows, queries) != _look_up_with_scan(rows, queries):
+            raise AssertionError("index and scan disagree")
+        times = {}
+        for name, look_up in (("index", _look_up_with_index), ("scan", _look_up_with_scan)):
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                look_up(rows, queries)
+                runs.append((time.perf_counter() - start) * 1000)
+            times[name] = float(np.median(runs))
+        print(
+            f"{size:15,d} {times['index']:9.2f} {times['scan']:8.2f} "
+            f"{times['index'] / times['scan']:8.1f}x"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -197,12 +253,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--pending", default="100,1000,5000", help="pending photos to look among")
     args = parser.parse_args()
     if not args.skip_accuracy:
         accuracy(args.data, args.photos_per_product, args.seed)
         print()
     if not args.skip_speed:
         speed([int(size) for size in args.sizes.split(",")], args.queries, args.seed)
+        print()
+        pending_lookup([int(size) for size in args.pending.split(",")], 30, args.seed)
 
 
 if __name__ == "__main__":

@@ -122,6 +122,27 @@ def parse_hashes(text: str) -> tuple[int, ...]:
     return tuple(int(part, 16) for part in text.split())
 
 
+def parse_hash_texts(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Many `format_hashes` texts at once: every hash as one uint64 array, in order, and how
+    many hashes each text holds. One hex decode for all of them instead of an `int` per hash
+    (1,000 photos' windows: 0.37 ms against 2.0 ms for `parse_hashes` on each)."""
+    counts = np.zeros(len(texts), dtype=np.int64)
+    for row, text in enumerate(texts):
+        # 16 hex digits per hash and one space between hashes, as format_hashes writes them:
+        # the layout is checked here, the digits by fromhex below.
+        count = (len(text) + 1) // 17
+        if text and (len(text) % 17 != 16 or text.count(" ") != count - 1 or text[16::17].strip()):
+            raise ValueError(f"not a list of 16-digit hex hashes: {text[:40]!r}")
+        counts[row] = count
+    try:
+        data = bytes.fromhex(" ".join(texts))  # fromhex skips the spaces
+    except ValueError:
+        data = b""
+    if len(data) != 8 * int(counts.sum()):  # a non-hex digit, or other whitespace in a hash
+        raise ValueError("not a list of 16-digit hex hashes: a non-hex digit")
+    return np.frombuffer(data, dtype=">u8").astype(np.uint64), counts
+
+
 def evidence_ref(claim_id: str, photo_id: str) -> str:
     """The index reference of a claim photo; the claim id is recoverable from it."""
     return f"{claim_id}/{photo_id}"
@@ -175,13 +196,14 @@ class DuplicateMatch:
 
 
 class _Segment:
-    """An immutable run of hashes with, per chunk, the chunk values sorted and their order."""
+    """An immutable run of hashes with, per chunk, the chunk values sorted and their order
+    (unless it is small, or `indexed` is False: then a query scans it)."""
 
-    def __init__(self, hashes: np.ndarray, ref_ids: np.ndarray) -> None:
+    def __init__(self, hashes: np.ndarray, ref_ids: np.ndarray, *, indexed: bool = True) -> None:
         self.hashes = hashes
         self.ref_ids = ref_ids
         self.tables: list[tuple[np.ndarray, np.ndarray]] = []
-        if len(hashes) >= _SCAN_BELOW:
+        if indexed and len(hashes) >= _SCAN_BELOW:
             for shift, width in _CHUNKS:
                 values = _chunk_values(hashes, shift, width)
                 order = np.argsort(values, kind="stable")
@@ -215,6 +237,48 @@ class _Segment:
                 begin = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
                 found.append(order[begin + np.arange(total)])
         return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+def _nearest_per_ref(
+    found: Iterable[tuple[np.ndarray, np.ndarray]], refs: Sequence[str]
+) -> list[DuplicateMatch]:
+    """(ref ids, distances) from any number of segments -> one match per ref, its nearest,
+    nearest first (ties by ref)."""
+    nearest: dict[str, int] = {}
+    for ref_ids, distances in found:
+        for ref_id, distance in zip(ref_ids.tolist(), distances.tolist(), strict=True):
+            ref = refs[ref_id]
+            if distance < nearest.get(ref, HASH_BITS + 1):
+                nearest[ref] = distance
+    return [
+        DuplicateMatch(ref, distance)
+        for ref, distance in sorted(nearest.items(), key=lambda item: (item[1], item[0]))
+    ]
+
+
+def _check_distance(max_distance: int) -> None:
+    if not 0 <= max_distance < HASH_BITS:
+        raise ValueError(f"max_distance must be in 0..{HASH_BITS - 1}")
+
+
+class WindowScan:
+    """A fixed set of photos' window hashes, searched by a linear scan: for a one-off look-up
+    among a few thousand photos (the uploads still being recorded), where sorting an index
+    would cost more than the look-ups it speeds up. `query` answers as `DuplicateIndex.query`."""
+
+    def __init__(self, photos: Iterable[tuple[str, str]]) -> None:
+        """`photos`: (ref, `format_hashes` text of its windows)."""
+        rows = list(photos)
+        self._refs = [ref for ref, _ in rows]
+        hashes, counts = parse_hash_texts([text for _, text in rows])
+        ref_ids = np.repeat(np.arange(len(rows), dtype=np.int32), counts)
+        self._segment = _Segment(hashes, ref_ids, indexed=False)
+
+    def query(
+        self, photo_hash: int, max_distance: int = DUPLICATE_MAX_DISTANCE
+    ) -> list[DuplicateMatch]:
+        _check_distance(max_distance)
+        return _nearest_per_ref([self._segment.matches(photo_hash, max_distance)], self._refs)
 
 
 def _concatenate(first: _Segment, second: _Segment) -> _Segment:
@@ -308,21 +372,11 @@ class DuplicateIndex:
         self, photo_hash: int, max_distance: int = DUPLICATE_MAX_DISTANCE
     ) -> list[DuplicateMatch]:
         """Entries within `max_distance` bits, nearest first, one (the nearest) per ref."""
-        if not 0 <= max_distance < HASH_BITS:
-            raise ValueError(f"max_distance must be in 0..{HASH_BITS - 1}")
+        _check_distance(max_distance)
         found = [segment.matches(photo_hash, max_distance) for segment in self._segments]
         if self._tail:
             tail = _Segment(
                 np.array(self._tail, dtype=np.uint64), np.array(self._tail_ref_ids, dtype=np.int32)
             )
             found.append(tail.matches(photo_hash, max_distance))
-        nearest: dict[str, int] = {}
-        for ref_ids, distances in found:
-            for ref_id, distance in zip(ref_ids.tolist(), distances.tolist(), strict=True):
-                ref = self._refs[ref_id]
-                if distance < nearest.get(ref, HASH_BITS + 1):
-                    nearest[ref] = distance
-        return [
-            DuplicateMatch(ref, distance)
-            for ref, distance in sorted(nearest.items(), key=lambda item: (item[1], item[0]))
-        ]
+        return _nearest_per_ref(found, self._refs)

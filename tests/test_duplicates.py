@@ -15,8 +15,12 @@ from service.duplicates import (
     WINDOWS,
     DuplicateIndex,
     DuplicateMatch,
+    WindowScan,
     closest_distance,
+    format_hashes,
     hamming_distance,
+    parse_hash_texts,
+    parse_hashes,
     perceptual_hash,
     photo_windows,
 )
@@ -223,3 +227,59 @@ def test_bulk_load_takes_a_numpy_array_and_mixes_with_single_additions() -> None
     index.add_many(stored, [f"bulk{i}" for i in range(len(stored))])
     assert len(index) == 6001
     assert [m.ref for m in index.query(int(stored[0]), 1)] == ["bulk0", "single"]
+
+
+@pytest.mark.parametrize(
+    ("texts", "hashes", "counts"),
+    [
+        ([], [], []),
+        ([""], [], [0]),
+        (["0000000000000001"], [1], [1]),
+        (["ffffffffffffffff 0000000000000010", "00000000000000aB"], [2**64 - 1, 16, 171], [2, 1]),
+        (["8000000000000000", "", "0123456789abcdef"], [2**63, 0x0123456789ABCDEF], [1, 0, 1]),
+    ],
+)
+def test_parse_hash_texts_known_values(
+    texts: list[str], hashes: list[int], counts: list[int]
+) -> None:
+    parsed, per_text = parse_hash_texts(texts)
+    assert parsed.dtype == np.uint64 and [int(value) for value in parsed] == hashes
+    assert per_text.tolist() == counts
+    assert [int(value) for value in parsed] == [h for text in texts for h in parse_hashes(text)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "123",
+        "000000000000000g",
+        "0000000000000001  0000000000000002",
+        " 0000000000000001",
+        "00000000000000010",
+        "0000000000000001,0000000000000002",
+        "00000000000000\t0",
+        "000000000000000\n0000000000000001",
+    ],
+)
+def test_parse_hash_texts_refuses_what_format_hashes_never_writes(text: str) -> None:
+    with pytest.raises(ValueError, match="16-digit hex"):
+        parse_hash_texts(["0000000000000001", text])
+
+
+@pytest.mark.parametrize("max_distance", [0, 4, 8, 13])
+def test_window_scan_answers_as_the_index(max_distance: int) -> None:
+    """The look-up among uploads still being recorded scans instead of indexing: same matches,
+    same order, one per photo, for queries near a stored window and far from all."""
+    rng = np.random.default_rng(max_distance + 100)
+    windows = random_hashes(600 * len(WINDOWS), seed=7).reshape(600, len(WINDOWS))
+    photos = [(f"claim-{i % 50}/photo-{i}", [int(h) for h in row]) for i, row in enumerate(windows)]
+    index = DuplicateIndex()
+    index.add_photos((hashes, ref) for ref, hashes in photos)
+    scan = WindowScan((ref, format_hashes(hashes)) for ref, hashes in photos)
+    for _ in range(30):
+        base = int(windows[rng.integers(len(windows)), rng.integers(len(WINDOWS))])
+        query = flip_bits(base, int(rng.integers(0, max_distance + 3)), rng)
+        assert scan.query(query, max_distance) == index.query(query, max_distance)
+    assert WindowScan([]).query(12345) == []
+    with pytest.raises(ValueError, match="max_distance"):
+        scan.query(0, HASH_BITS)
