@@ -191,15 +191,20 @@ def test_add_photos_stores_what_add_photo_stores_photo_by_photo() -> None:
         (photo_windows(textured_image(600, 450, seed=seed)), f"claim-{seed}/photo")
         for seed in (5, 6)
     ]
-    one_by_one, bulk, empty = DuplicateIndex(), DuplicateIndex(), DuplicateIndex()
+    one_by_one, bulk, from_text = DuplicateIndex(), DuplicateIndex(), DuplicateIndex()
+    empty, empty_text = DuplicateIndex(), DuplicateIndex()
     for windows, ref in photos:
         one_by_one.add_photo(windows, ref)
     bulk.add_photos(photos)
+    from_text.add_photo_texts((ref, format_hashes(windows)) for windows, ref in photos)
     empty.add_photos([])
-    assert len(bulk) == len(one_by_one) == 2 * len(WINDOWS) and len(empty) == 0
+    empty_text.add_photo_texts([])
+    assert len(bulk) == len(from_text) == len(one_by_one) == 2 * len(WINDOWS)
+    assert len(empty) == len(empty_text) == 0
     for windows, ref in photos:
+        assert ref in bulk and ref in from_text
         for window in windows:
-            assert bulk.query(window) == one_by_one.query(window)
+            assert bulk.query(window) == from_text.query(window) == one_by_one.query(window)
             assert bulk.query(window)[0].ref == ref
 
 

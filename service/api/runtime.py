@@ -44,7 +44,6 @@ from service.duplicates import (
     WindowScan,
     evidence_ref,
     format_hashes,
-    parse_hashes,
 )
 from service.engine import ModelCard, ScoringEngine
 from service.intake import DISPLAY_COPY_VERSION, Photo, open_photo
@@ -223,11 +222,11 @@ class Runtime:
             with self.duplicates_lock:
                 new_photos = [
                     # Evidence stored before windows were kept is found only by its whole frame.
-                    (parse_hashes(row.window_hashes or row.perceptual_hash), ref)
+                    (ref, row.window_hashes or row.perceptual_hash)
                     for row in rows
                     if (ref := evidence_ref(row.claim_id, row.photo_id)) not in self.duplicates
                 ]
-                self.duplicates.add_photos(new_photos)
+                self.duplicates.add_photo_texts(new_photos)
             if rows:
                 newest = max(row.created_at for row in rows)
                 if self._duplicates_read_to is None or newest > self._duplicates_read_to:
