@@ -26,11 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.duplicates import (
     DUPLICATE_MAX_DISTANCE,
-    WINDOWS,
+    HASHES_PER_PHOTO,
     DuplicateIndex,
     DuplicateMatch,
     WindowScan,
@@ -82,6 +82,14 @@ TRANSFORMS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]]
     "cropped 10% bottom": _crop(0.0, 0.0, 0.0, 0.10),
     "random crop 0-10% per side": _random_crop,
     "cropped 20% each side": _crop(0.20, 0.20, 0.20, 0.20),
+    # Flipped left to right: a common way to dodge a reverse image search.
+    "mirrored": lambda image, _rng: _jpeg(ImageOps.mirror(image), 85),
+    "mirrored, resized 50%": lambda image, _rng: _jpeg(
+        ImageOps.mirror(image).resize((image.width // 2, image.height // 2)), 85
+    ),
+    "mirrored, cropped 5% each side": lambda image, rng: _crop(0.05, 0.05, 0.05, 0.05)(
+        ImageOps.mirror(image), rng
+    ),
 }
 
 
@@ -102,7 +110,7 @@ def accuracy(data_dir: Path, photos_per_product: int, seed: int) -> None:
     largest = max(DISTANCES)
     print(
         f"duplicate accuracy: {len(images)} grocery photos of {len(by_product)} products, "
-        f"indexed under {len(WINDOWS)} windows each; shipped max distance "
+        f"indexed under {HASHES_PER_PHOTO} hashes each; shipped max distance "
         f"{DUPLICATE_MAX_DISTANCE}"
     )
     header = " ".join(f"{'d<=' + str(d):>7s}" for d in DISTANCES)
@@ -148,7 +156,7 @@ def _numpy_scan(hashes: np.ndarray, query: int, max_distance: int) -> np.ndarray
 
 def speed(sizes: list[int], queries: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
-    windows = len(WINDOWS)
+    windows = HASHES_PER_PHOTO
     print(
         f"lookup time, one query, max distance {DUPLICATE_MAX_DISTANCE}, {windows} hashes per "
         "stored photo (uniform random hashes), median and p95 over "
@@ -216,12 +224,12 @@ def pending_lookup(sizes: list[int], repeats: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     photos_in_upload = 2
     print(
-        f"pending look-up: N registered photos x {len(WINDOWS)} windows, an upload of "
+        f"pending look-up: N registered photos x {HASHES_PER_PHOTO} hashes, an upload of "
         f"{photos_in_upload} photos; median over {repeats} runs"
     )
     print(f"{'pending photos':>15s} {'index ms':>9s} {'scan ms':>8s} {'speed-up':>9s}")
     for size in sizes:
-        windows = rng.integers(0, 2**64, size=(size, len(WINDOWS)), dtype=np.uint64)
+        windows = rng.integers(0, 2**64, size=(size, HASHES_PER_PHOTO), dtype=np.uint64)
         rows = [
             (f"clm_{i}/{i:064x}", format_hashes(int(h) for h in row))
             for i, row in enumerate(windows)

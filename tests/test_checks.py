@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from conftest import encode, textured_image
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 
 from service.checks import (
     DUPLICATE_ACROSS_CLAIMS,
@@ -50,6 +50,12 @@ def test_listing_photo_reused_resized_and_cropped_is_a_blocker() -> None:
     assert LISTING_PHOTO_REUSE.severity == "blocker"
 
 
+def test_a_mirrored_listing_photo_is_listing_reuse_too() -> None:
+    listing_image = textured_image(600, 600, seed=13)
+    upload = jpeg_photo(ImageOps.mirror(listing_image).resize((800, 800)), quality=70)
+    assert LISTING_PHOTO_REUSE in check_photo(upload, listing_photos=[jpeg_photo(listing_image)])
+
+
 def test_listing_windows_are_the_photos_windows_computed_once() -> None:
     listing = jpeg_photo(textured_image(500, 400, seed=23))
     first = listing_windows(listing)
@@ -76,6 +82,16 @@ def test_photo_used_in_another_claim_is_found_and_named() -> None:
     findings = inspect_photo(upload, duplicate_index=index)
     assert [match.ref for match in findings.duplicates] == ["claim-1/photo-a"]
     assert list(findings.issues) == check_photo(upload, duplicate_index=index)
+
+
+def test_a_mirrored_photo_from_another_claim_is_found() -> None:
+    earlier = textured_image(800, 600, seed=24)
+    index = DuplicateIndex()
+    index.add_photo(photo_windows(jpeg_photo(earlier).image), "claim-4/photo-c")
+    upload = jpeg_photo(trimmed(ImageOps.mirror(earlier), 0.05), quality=70)
+    findings = inspect_photo(upload, duplicate_index=index)
+    assert DUPLICATE_ACROSS_CLAIMS in findings.issues
+    assert [match.ref for match in findings.duplicates] == ["claim-4/photo-c"]
 
 
 def test_the_claims_own_photos_are_excluded() -> None:

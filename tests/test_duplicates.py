@@ -7,11 +7,13 @@ import io
 import numpy as np
 import pytest
 from conftest import encode, textured_image
-from PIL import Image
+from PIL import Image, ImageOps
 
 from service.duplicates import (
     DUPLICATE_MAX_DISTANCE,
     HASH_BITS,
+    HASHES_PER_PHOTO,
+    MIRRORED_WINDOWS,
     WINDOWS,
     DuplicateIndex,
     DuplicateMatch,
@@ -104,11 +106,28 @@ def test_different_photos_hash_far_apart() -> None:
     assert closest > DUPLICATE_MAX_DISTANCE
 
 
-def test_windows_start_with_the_whole_frame() -> None:
+def test_windows_start_with_the_whole_frame_and_end_with_the_mirror_image() -> None:
     image = textured_image(400, 300)
     windows = photo_windows(image)
-    assert len(windows) == len(WINDOWS)
+    assert len(windows) == HASHES_PER_PHOTO == len(WINDOWS) + len(MIRRORED_WINDOWS)
     assert windows[0] == perceptual_hash(image)
+    assert windows[len(WINDOWS)] == perceptual_hash(ImageOps.mirror(image))
+    # An asymmetric photo's mirror image is another hash, so it adds something to find.
+    assert hamming_distance(windows[0], windows[len(WINDOWS)]) > DUPLICATE_MAX_DISTANCE
+
+
+@pytest.mark.parametrize("crop", [(0, 0, 0, 0), (0.05, 0.05, 0.05, 0.05)], ids=["whole", "even_5"])
+def test_mirrored_copy_matches_one_of_the_originals_windows(
+    crop: tuple[float, float, float, float],
+) -> None:
+    """Flipped left to right, then re-encoded (and trimmed): a dodge of reverse image search."""
+    original = textured_image(600, 450, seed=4)
+    copy = reencoded(cropped(ImageOps.mirror(original), *crop), 80)
+    copy_hash = perceptual_hash(copy)
+    assert closest_distance(copy_hash, photo_windows(original)[: len(WINDOWS)]) > (
+        DUPLICATE_MAX_DISTANCE
+    )
+    assert closest_distance(copy_hash, photo_windows(original)) <= DUPLICATE_MAX_DISTANCE
 
 
 @pytest.mark.parametrize(
@@ -181,7 +200,7 @@ def test_add_photo_stores_every_window_under_one_ref() -> None:
     index = DuplicateIndex()
     original = textured_image(600, 450, seed=5)
     index.add_photo(photo_windows(original), "claim-1/photo-1")
-    assert len(index) == len(WINDOWS)
+    assert len(index) == HASHES_PER_PHOTO
     copy = cropped(original, 0.1, 0.1, 0.1, 0.1)
     assert [match.ref for match in index.query(perceptual_hash(copy))] == ["claim-1/photo-1"]
 
@@ -199,7 +218,7 @@ def test_add_photos_stores_what_add_photo_stores_photo_by_photo() -> None:
     from_text.add_photo_texts((ref, format_hashes(windows)) for windows, ref in photos)
     empty.add_photos([])
     empty_text.add_photo_texts([])
-    assert len(bulk) == len(from_text) == len(one_by_one) == 2 * len(WINDOWS)
+    assert len(bulk) == len(from_text) == len(one_by_one) == 2 * HASHES_PER_PHOTO
     assert len(empty) == len(empty_text) == 0
     for windows, ref in photos:
         assert ref in bulk and ref in from_text
@@ -276,13 +295,13 @@ def test_window_scan_answers_as_the_index(max_distance: int) -> None:
     """The look-up among uploads still being recorded scans instead of indexing: same matches,
     same order, one per photo, for queries near a stored window and far from all."""
     rng = np.random.default_rng(max_distance + 100)
-    windows = random_hashes(600 * len(WINDOWS), seed=7).reshape(600, len(WINDOWS))
+    windows = random_hashes(600 * HASHES_PER_PHOTO, seed=7).reshape(600, HASHES_PER_PHOTO)
     photos = [(f"claim-{i % 50}/photo-{i}", [int(h) for h in row]) for i, row in enumerate(windows)]
     index = DuplicateIndex()
     index.add_photos((hashes, ref) for ref, hashes in photos)
     scan = WindowScan((ref, format_hashes(hashes)) for ref, hashes in photos)
     for _ in range(30):
-        base = int(windows[rng.integers(len(windows)), rng.integers(len(WINDOWS))])
+        base = int(windows[rng.integers(len(windows)), rng.integers(HASHES_PER_PHOTO)])
         query = flip_bits(base, int(rng.integers(0, max_distance + 3)), rng)
         assert scan.query(query, max_distance) == index.query(query, max_distance)
     assert WindowScan([]).query(12345) == []
