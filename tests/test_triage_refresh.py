@@ -30,6 +30,7 @@ from service.api.runtime import HEATMAP_FORMAT_VERSION, Runtime, heatmap_key
 from service.api.startup import (
     MaintenanceRecord,
     StartUpMaintenance,
+    generation_of,
     maintain_once_per_start,
     maintenance_fingerprint,
     read_record,
@@ -294,23 +295,22 @@ def test_refresh_statements_grow_with_chunks_not_claims(
 
 # --- start-up maintenance: once per deployment start, not once per worker -----------------------
 
-EARLIER = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)  # when a process began starting
+EARLIER = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
+SEEN = 4  # the maintenance generation a process read when it began starting
 
 
 @pytest.mark.parametrize(
     ("record", "runs"),
     [
         (None, True),
-        (MaintenanceRecord("mine", EARLIER + timedelta(seconds=2)), False),
-        (MaintenanceRecord("mine", EARLIER - timedelta(seconds=2)), True),
-        (MaintenanceRecord("mine", EARLIER), True),
-        (MaintenanceRecord("theirs", EARLIER + timedelta(seconds=2)), True),
+        (MaintenanceRecord("mine", SEEN + 1, EARLIER), False),
+        (MaintenanceRecord("mine", SEEN, EARLIER + timedelta(days=1)), True),
+        (MaintenanceRecord("theirs", SEEN + 1, EARLIER), True),
     ],
     ids=[
         "first start",
         "done by a worker of this start",
-        "done by an earlier start",
-        "done at the instant this one began: order unknown",
+        "done by an earlier start, on a host whose clock is a day ahead",
         "done since, with another policy or model",
     ],
 )
@@ -332,15 +332,23 @@ def test_maintenance_is_skipped_only_when_done_for_the_same_fingerprint_since_th
         lock_path=tmp_path / "lock",
         record_path=record_path,
         fingerprint="mine",
-        started_at=EARLIER,
+        generation_at_start=SEEN,
     )
     after = read_record(record_path)
     assert after is not None
     if runs:
         assert (result, calls) == (done, ["maintained"])
-        assert after.fingerprint == "mine" and after.finished_at > EARLIER
+        assert after.fingerprint == "mine"
+        assert after.generation == max(SEEN, 0 if record is None else record.generation) + 1
     else:
         assert (result, calls, after) == (None, [], record)
+
+
+def test_a_record_from_before_generations_reads_as_generation_zero(tmp_path: Path) -> None:
+    path = tmp_path / "start-up-maintenance.json"
+    path.write_text('{"fingerprint": "mine", "finished_at": "2025-06-01T09:00:00+00:00"}')
+    assert read_record(path) == MaintenanceRecord("mine", 0, EARLIER)
+    assert generation_of(read_record(path)) == generation_of(None) == 0
 
 
 @pytest.mark.parametrize(
@@ -348,9 +356,12 @@ def test_maintenance_is_skipped_only_when_done_for_the_same_fingerprint_since_th
     [
         "",
         "{",
+        "[]",
         '{"fingerprint": "mine"}',
-        '{"fingerprint": "mine", "finished_at": 1}',
-        '{"fingerprint": "mine", "finished_at": "2025-06-01T09:00:00"}',  # no time zone
+        '{"fingerprint": "mine", "generation": 2, "finished_at": 1}',
+        '{"fingerprint": "mine", "generation": -1, "finished_at": "2025-06-01T09:00:00+00:00"}',
+        '{"fingerprint": "mine", "generation": "2", "finished_at": "2025-06-01T09:00:00+00:00"}',
+        '{"fingerprint": "mine", "generation": true, "finished_at": "2025-06-01T09:00:00+00:00"}',
     ],
 )
 def test_a_missing_or_unreadable_record_reads_as_none_so_the_work_is_done_again(

@@ -29,8 +29,10 @@ from service.api import triage
 from service.api.metrics import Metrics
 from service.api.startup import (
     StartUpMaintenance,
+    generation_of,
     maintain_once_per_start,
     maintenance_fingerprint,
+    read_record,
 )
 from service.assessment import Assessor, PhotoAssessment, heatmap_overlay, with_duplicates
 from service.batching import MicroBatcher
@@ -122,7 +124,7 @@ class Runtime:
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
         # Start-up maintenance done by another process after this moment is not done again.
-        started_at = utcnow()
+        generation_at_start = generation_of(read_record(settings.start_up_record_path))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db_engine = make_engine(settings.resolved_database_url)
         upgrade_to_head(db_engine)
@@ -160,7 +162,7 @@ class Runtime:
                 policy=policy,
                 model_version=scoring.model_version,
             ),
-            started_at=started_at,
+            generation_at_start=generation_at_start,
         )
         logger.info(
             "started",
