@@ -90,6 +90,14 @@ TRANSFORMS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]]
     "mirrored, cropped 5% each side": lambda image, rng: _crop(0.05, 0.05, 0.05, 0.05)(
         ImageOps.mirror(image), rng
     ),
+    # Turned: what a photo whose EXIF orientation was lost on the way looks like.
+    "turned 90 degrees right": lambda image, _rng: _jpeg(
+        image.transpose(Image.Transpose.ROTATE_270), 85
+    ),
+    "turned 180 degrees, resized 50%": lambda image, _rng: _jpeg(
+        image.transpose(Image.Transpose.ROTATE_180).resize((image.width // 2, image.height // 2)),
+        85,
+    ),
 }
 
 

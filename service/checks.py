@@ -63,7 +63,7 @@ def reuse_detectable(quality_codes: Collection[str]) -> bool:
     return "low_detail" not in quality_codes
 
 
-LISTING_WINDOWS_CACHE_SIZE = 4096  # 14 hashes per listing image: well under 1 MiB in all
+LISTING_WINDOWS_CACHE_SIZE = 4096  # 17 hashes per listing image: well under 1 MiB in all
 _listing_windows: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 _listing_windows_lock = threading.Lock()
 
@@ -71,7 +71,7 @@ _listing_windows_lock = threading.Lock()
 def listing_windows(listing: Photo) -> tuple[int, ...]:
     """`photo_windows` of a listing image, remembered by its photo id.
 
-    Every check against a listing compares with the same few images, and their 14 hashes
+    Every check against a listing compares with the same few images, and their 17 hashes
     cost about 1.8 ms per image; the id is the SHA-256 of the bytes, so the windows stored
     under an id can never go stale.
     """

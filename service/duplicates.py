@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -59,17 +59,37 @@ WINDOWS: tuple[tuple[float, float, float, float], ...] = (
     (0.10, 0.0, 1.0, 0.90),
     (0.0, 0.10, 0.90, 1.0),
 )
-# Windows of the photo's mirror image (flipped left to right) it is also indexed under, so a
-# flipped copy, a common way to dodge a reverse image search, is found by the same whole-frame
-# look-up: the whole frame and the centred 90% (docs/quality.md §3 has the recall they give).
-# Each is one of WINDOWS and symmetric left to right, so its mirror's hash comes from the
-# window's own DCT with the odd horizontal frequencies negated, at no cost.
-MIRRORED_WINDOWS: tuple[tuple[float, float, float, float], ...] = (
-    (0.0, 0.0, 1.0, 1.0),
-    (0.05, 0.05, 0.95, 0.95),
+# Flipping or turning a frame only moves its DCT coefficients and changes their signs, so the
+# hashes of a window's mirror image and quarter turns come from the window's own coefficients at
+# no cost. Rows of the 8x8 coefficients are vertical frequencies, columns horizontal ones, and
+# reversing a sequence multiplies its k-th coefficient by (-1)^k.
+_ODD_NEGATED = (-1.0) ** np.arange(_LOW_FREQUENCIES)
+FLIPS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mirrored": lambda low: low * _ODD_NEGATED[None, :],
+    "turned 90 degrees left": lambda low: low.T * _ODD_NEGATED[:, None],
+    "turned 180 degrees": lambda low: low * _ODD_NEGATED[:, None] * _ODD_NEGATED[None, :],
+    "turned 90 degrees right": lambda low: low.T * _ODD_NEGATED[None, :],
+}
+# Besides its windows, a photo is indexed under these flips of two of them, so a copy flipped
+# left to right (a common way to dodge a reverse image search) or turned (a photo whose EXIF
+# orientation was lost on the way) is found by the same whole-frame look-up. The mirror image
+# also under its centred 90%, which finds mirrored copies trimmed a little (docs/quality.md §3
+# has the recall each gives). Each window is centred, so it maps onto itself when flipped.
+FLIPPED_WINDOWS: tuple[tuple[str, tuple[float, float, float, float]], ...] = (
+    ("mirrored", (0.0, 0.0, 1.0, 1.0)),
+    ("mirrored", (0.05, 0.05, 0.95, 0.95)),
+    ("turned 90 degrees left", (0.0, 0.0, 1.0, 1.0)),
+    ("turned 180 degrees", (0.0, 0.0, 1.0, 1.0)),
+    ("turned 90 degrees right", (0.0, 0.0, 1.0, 1.0)),
 )
-assert all(box in WINDOWS and math.isclose(box[0], 1 - box[2]) for box in MIRRORED_WINDOWS)
-HASHES_PER_PHOTO = len(WINDOWS) + len(MIRRORED_WINDOWS)
+assert all(
+    flip in FLIPS
+    and box in WINDOWS
+    and math.isclose(box[0], 1 - box[2])
+    and math.isclose(box[1], 1 - box[3])
+    for flip, box in FLIPPED_WINDOWS
+)
+HASHES_PER_PHOTO = len(WINDOWS) + len(FLIPPED_WINDOWS)
 # Largest Hamming distance that still counts as "the same photo", chosen in docs/quality.md from
 # the distances between re-encoded / resized / cropped copies and between different photos.
 DUPLICATE_MAX_DISTANCE = 8
@@ -104,10 +124,6 @@ def _hash_of(low: np.ndarray) -> int:
     return int(sum(1 << index for index, bit in enumerate(bits) if bit))
 
 
-# Flipping a row reverses it, which multiplies its k-th DCT coefficient by (-1)^k.
-_MIRROR_SIGNS = (-1.0) ** np.arange(_LOW_FREQUENCIES)[None, :]
-
-
 def perceptual_hash(image: Image.Image) -> int:
     """64-bit DCT perceptual hash of `image` (any mode, any size)."""
     return _hash_of(_low_frequencies(image))
@@ -115,7 +131,7 @@ def perceptual_hash(image: Image.Image) -> int:
 
 def photo_windows(image: Image.Image) -> tuple[int, ...]:
     """What a photo is stored under: the hashes of every window in WINDOWS, whole frame first,
-    then of every window in MIRRORED_WINDOWS of its mirror image (HASHES_PER_PHOTO in all)."""
+    then of every (flip, window) in FLIPPED_WINDOWS (HASHES_PER_PHOTO in all)."""
     width, height = image.size
     grey = image.convert("L")
     lows = {
@@ -132,7 +148,7 @@ def photo_windows(image: Image.Image) -> tuple[int, ...]:
         for box in WINDOWS
     }
     return tuple(_hash_of(lows[box]) for box in WINDOWS) + tuple(
-        _hash_of(lows[box] * _MIRROR_SIGNS) for box in MIRRORED_WINDOWS
+        _hash_of(FLIPS[flip](lows[box])) for flip, box in FLIPPED_WINDOWS
     )
 
 

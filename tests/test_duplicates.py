@@ -11,9 +11,10 @@ from PIL import Image, ImageOps
 
 from service.duplicates import (
     DUPLICATE_MAX_DISTANCE,
+    FLIPPED_WINDOWS,
+    FLIPS,
     HASH_BITS,
     HASHES_PER_PHOTO,
-    MIRRORED_WINDOWS,
     WINDOWS,
     DuplicateIndex,
     DuplicateMatch,
@@ -106,14 +107,28 @@ def test_different_photos_hash_far_apart() -> None:
     assert closest > DUPLICATE_MAX_DISTANCE
 
 
-def test_windows_start_with_the_whole_frame_and_end_with_the_mirror_image() -> None:
+FLIPPED_IMAGES = {
+    "mirrored": Image.Transpose.FLIP_LEFT_RIGHT,
+    "turned 90 degrees left": Image.Transpose.ROTATE_90,
+    "turned 180 degrees": Image.Transpose.ROTATE_180,
+    "turned 90 degrees right": Image.Transpose.ROTATE_270,
+}
+
+
+def test_windows_start_with_the_whole_frame_and_end_with_the_flips() -> None:
     image = textured_image(400, 300)
     windows = photo_windows(image)
-    assert len(windows) == HASHES_PER_PHOTO == len(WINDOWS) + len(MIRRORED_WINDOWS)
+    assert len(windows) == HASHES_PER_PHOTO == len(WINDOWS) + len(FLIPPED_WINDOWS)
     assert windows[0] == perceptual_hash(image)
-    assert windows[len(WINDOWS)] == perceptual_hash(ImageOps.mirror(image))
-    # An asymmetric photo's mirror image is another hash, so it adds something to find.
-    assert hamming_distance(windows[0], windows[len(WINDOWS)]) > DUPLICATE_MAX_DISTANCE
+    assert set(FLIPS) == set(FLIPPED_IMAGES)
+    for flipped_hash, (flip, box) in zip(windows[len(WINDOWS) :], FLIPPED_WINDOWS, strict=True):
+        if box == (0.0, 0.0, 1.0, 1.0):
+            # From the coefficients, the hash of the flipped image but for rounding: a coefficient
+            # at the median can land on either side (0 or 2 bits in trials on several sizes).
+            flipped_image = image.transpose(FLIPPED_IMAGES[flip])
+            assert hamming_distance(flipped_hash, perceptual_hash(flipped_image)) <= 2, flip
+        # An asymmetric photo's flips are other hashes, so each adds something to find.
+        assert hamming_distance(windows[0], flipped_hash) > DUPLICATE_MAX_DISTANCE, flip
 
 
 @pytest.mark.parametrize("crop", [(0, 0, 0, 0), (0.05, 0.05, 0.05, 0.05)], ids=["whole", "even_5"])
@@ -147,6 +162,21 @@ def test_cropped_copy_matches_one_of_the_originals_windows(
     original = textured_image(600, 450, seed=4)
     copy = reencoded(cropped(original, *crop), 80)
     copy_hash = perceptual_hash(copy)
+    assert closest_distance(copy_hash, photo_windows(original)) <= DUPLICATE_MAX_DISTANCE
+
+
+@pytest.mark.parametrize(
+    "flip", ["turned 90 degrees left", "turned 180 degrees", "turned 90 degrees right"]
+)
+def test_turned_copy_matches_one_of_the_originals_windows(flip: str) -> None:
+    """A photo whose EXIF orientation was lost on the way arrives turned."""
+    original = textured_image(600, 450, seed=4)
+    turned = original.transpose(FLIPPED_IMAGES[flip])
+    copy = reencoded(turned.resize((turned.width // 2, turned.height // 2)), 80)
+    copy_hash = perceptual_hash(copy)
+    assert closest_distance(copy_hash, photo_windows(original)[: len(WINDOWS)]) > (
+        DUPLICATE_MAX_DISTANCE
+    )
     assert closest_distance(copy_hash, photo_windows(original)) <= DUPLICATE_MAX_DISTANCE
 
 
