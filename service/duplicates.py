@@ -8,7 +8,9 @@ already moves it about 12 bits), so a stored photo is indexed under several wind
 (`photo_windows`): the whole frame, centred crops keeping 90, 80 and 70% of each side, the frame
 without 10% of one edge, and without 10% of two adjacent edges. A copy cropped from it then
 hashes, whole, like one of those windows, and a lookup needs only the upload's whole-frame hash
-(querying with windows of the upload too would multiply the chances of a false match).
+(querying with windows of the upload too would multiply the chances of a false match). It is
+also indexed under its mirror image and quarter turns (`FLIPPED_WINDOWS`), computed from the
+same DCT coefficients, so a flipped or turned copy is found by the same lookup.
 
 `DuplicateIndex` answers "which stored hashes are within `max_distance` bits of this one?" with
 multi-index hashing (Norouzi et al., 2012): the 64 bits are cut into three chunks of 21-22 bits,
@@ -81,13 +83,6 @@ FLIPPED_WINDOWS: tuple[tuple[str, tuple[float, float, float, float]], ...] = (
     ("turned 90 degrees left", (0.0, 0.0, 1.0, 1.0)),
     ("turned 180 degrees", (0.0, 0.0, 1.0, 1.0)),
     ("turned 90 degrees right", (0.0, 0.0, 1.0, 1.0)),
-)
-assert all(
-    flip in FLIPS
-    and box in WINDOWS
-    and math.isclose(box[0], 1 - box[2])
-    and math.isclose(box[1], 1 - box[3])
-    for flip, box in FLIPPED_WINDOWS
 )
 HASHES_PER_PHOTO = len(WINDOWS) + len(FLIPPED_WINDOWS)
 # Largest Hamming distance that still counts as "the same photo", chosen in docs/quality.md from
@@ -407,7 +402,7 @@ class DuplicateIndex:
         self._push(_Segment(hashes, np.repeat(numbers, counts)))
 
     def add_many(self, hashes: Sequence[int] | np.ndarray, refs: Sequence[str]) -> None:
-        """Bulk load (e.g. from the database at start-up): one sort instead of many merges."""
+        """Bulk load of plain hashes, one ref per hash: one sort instead of many merges."""
         if len(hashes) != len(refs):
             raise ValueError("one ref per hash")
         self._flush_tail()

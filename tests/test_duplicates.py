@@ -115,6 +115,12 @@ FLIPPED_IMAGES = {
 }
 
 
+def test_flipped_windows_are_centred_windows_so_a_flip_maps_each_onto_itself() -> None:
+    for flip, (left, top, right, bottom) in FLIPPED_WINDOWS:
+        assert flip in FLIPS and (left, top, right, bottom) in WINDOWS
+        assert left == pytest.approx(1 - right) and top == pytest.approx(1 - bottom)
+
+
 def test_windows_start_with_the_whole_frame_and_end_with_the_flips() -> None:
     image = textured_image(400, 300)
     windows = photo_windows(image)

@@ -41,12 +41,7 @@ from service.db import crud
 from service.db.crud import utcnow
 from service.db.migrate import upgrade_to_head
 from service.db.session import database_reachable, make_engine, make_session_factory, transaction
-from service.duplicates import (
-    DuplicateIndex,
-    WindowScan,
-    evidence_ref,
-    format_hashes,
-)
+from service.duplicates import DuplicateIndex, WindowScan, evidence_ref, format_hashes
 from service.engine import ModelCard, ScoringEngine
 from service.intake import DISPLAY_COPY_VERSION, Photo, open_photo
 from service.policy import PolicyConfig
@@ -269,7 +264,7 @@ class Runtime:
             )
         with self.sessions() as session:
             rows = crud.live_pending_evidence(session, now=now, exclude_upload_id=upload_id)
-        # Looked up once: a scan of the parsed hashes, no index to sort (docs/quality.md §3).
+        # Looked up once: a scan of the parsed hashes, no index to sort (docs/quality.md §5 (c)).
         others = WindowScan((ref, text) for ref, text in rows if ref not in own_refs)
         return [
             with_duplicates(assessment, others.query(assessment.window_hashes[0]))
