@@ -7,7 +7,8 @@ embedded once per process; the best-matching listing image gives `match_similari
 card's calibration turns it into `mismatch`. Quality and duplicate findings come from
 `service.checks.inspect_photo`, which also names the stored photos a `duplicate_across_claims`
 repeats; the model adds `listing_photo_reuse` when the embedding is as close to a listing image as
-the card's `listing_reuse_similarity` says only the same picture gets. Each photo's window hashes
+the card's `listing_reuse_similarity` says only the same picture gets, and the photo's hash backs
+it (`service.checks.corroborates_listing_reuse`). Each photo's window hashes
 (`service.duplicates.photo_windows`) are computed once here, for the look-up and for storing.
 
 No web or database imports: this is part of the inference core.
@@ -30,6 +31,7 @@ from service.checks import (
     DUPLICATE_ACROSS_CLAIMS,
     LISTING_PHOTO_REUSE,
     PhotoFindings,
+    corroborates_listing_reuse,
     inspect_photo,
     reuse_detectable,
 )
@@ -255,7 +257,12 @@ class Assessor:
             matched_listing_photo_id = listing_photos[best].photo_id
             mismatch = self.engine.card.mismatch_probability(match_similarity)
             reuse_similarity = self.engine.card.thresholds.listing_reuse_similarity
-            if match_similarity >= reuse_similarity and LISTING_PHOTO_REUSE not in issues:
+            if (
+                match_similarity >= reuse_similarity
+                and LISTING_PHOTO_REUSE not in issues
+                and reuse_detectable([issue.code for issue in issues])
+                and corroborates_listing_reuse(window_hashes[0], listing_photos[best])
+            ):
                 issues = (*issues, LISTING_PHOTO_REUSE)
         return PhotoAssessment(
             photo_id=photo.photo_id,

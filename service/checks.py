@@ -106,6 +106,27 @@ def matches_listing(
     )
 
 
+# The model flags `listing_photo_reuse` where a photo embeds as close to a listing image as only
+# the same picture should (the card's `listing_reuse_similarity`). Genuine photos of a product
+# can embed that close too: 3.0 % of the test products' phone photos did with model 1.3.0 (0.6 %
+# of the validation products' it was set on). They are other pictures, so their hashes stay
+# 14-32 bits from the listing image's windows (1st percentile on validation: 16), while edited
+# copies that the 8-bit hash check misses (turned a few degrees, a band over them, cropped 20 %,
+# a shop-page screenshot) sit at 10-20. So the embedding's finding stands only where the hash is
+# within this many bits too: 0 of 771 genuine test photos, against 23 without it
+# (bench/listing_reuse_study.py; docs/quality.md §2).
+LISTING_REUSE_CORROBORATION_DISTANCE = 16
+
+
+def corroborates_listing_reuse(photo_hash: int, listing: Photo) -> bool:
+    """Whether the photo's whole-frame hash is near enough to one of the listing image's windows
+    for an embedding match with that image to count as reuse (see above)."""
+    return (
+        closest_distance(photo_hash, listing_windows(listing))
+        <= LISTING_REUSE_CORROBORATION_DISTANCE
+    )
+
+
 def find_duplicates(
     photo_hash: int,
     duplicate_index: DuplicateIndex,

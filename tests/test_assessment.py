@@ -22,7 +22,15 @@ from service.assessment import (
     with_duplicates,
 )
 from service.batching import MicroBatcher
-from service.duplicates import DuplicateIndex, DuplicateMatch, perceptual_hash, photo_windows
+from service.checks import LISTING_REUSE_CORROBORATION_DISTANCE
+from service.duplicates import (
+    DUPLICATE_MAX_DISTANCE,
+    DuplicateIndex,
+    DuplicateMatch,
+    closest_distance,
+    perceptual_hash,
+    photo_windows,
+)
 from service.engine import DEFAULT_MODEL_DIR, ModelOutput, ScoringEngine
 from service.intake import Photo, open_photo
 
@@ -98,6 +106,42 @@ def test_the_listing_photo_itself_is_flagged_as_reuse(engine: ScoringEngine):
     ]  # once, even when the checks found it too
     clean = Assessor(engine).assess(photo_of(textured_image(seed=6)), listing_photos=[listing])
     assert "listing_photo_reuse" not in clean.quality_codes
+
+
+class EverythingLooksReused:
+    """The real engine with a card whose listing_reuse_similarity every embedding reaches."""
+
+    def __init__(self, engine: ScoringEngine) -> None:
+        self.engine = engine
+        thresholds = engine.card.thresholds.model_copy(update={"listing_reuse_similarity": -1.0})
+        self.card = engine.card.model_copy(update={"thresholds": thresholds})
+        self.model_version = engine.model_version
+
+    def infer(self, images: Sequence[Image.Image]) -> list[ModelOutput]:
+        return self.engine.infer(images)
+
+
+def test_an_embedding_match_is_reuse_only_where_the_photos_hash_backs_it(engine: ScoringEngine):
+    """Genuine photos of a product can embed as close to its listing image as a copy does (3 % of
+    the test products' photos with model 1.3.0); they are other pictures, so they hash far away."""
+    listing_image = textured_image(seed=5)
+    listing = photo_of(listing_image)
+    assessor = Assessor(EverythingLooksReused(engine))
+    other = photo_of(textured_image(seed=6))
+    assert closest_distance(perceptual_hash(other.image), photo_windows(listing.image)) > (
+        LISTING_REUSE_CORROBORATION_DISTANCE
+    )
+    assert (
+        "listing_photo_reuse" not in assessor.assess(other, listing_photos=[listing]).quality_codes
+    )
+    # An edited copy (a band over its bottom quarter) that the 8-bit hash check misses.
+    banded = listing_image.copy()
+    banded.paste((200, 20, 20), (0, 360, 640, 480))
+    edited = photo_of(banded)
+    distance = closest_distance(perceptual_hash(edited.image), photo_windows(listing.image))
+    assert DUPLICATE_MAX_DISTANCE < distance <= LISTING_REUSE_CORROBORATION_DISTANCE
+    assert "listing_photo_reuse" not in Assessor(engine).assess(edited).quality_codes
+    assert "listing_photo_reuse" in assessor.assess(edited, listing_photos=[listing]).quality_codes
 
 
 def test_listing_embeddings_are_computed_once(engine: ScoringEngine):
