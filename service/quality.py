@@ -38,6 +38,16 @@ ANALYSIS_SIDE = 256
 # JPEG artefacts average out, fine enough to see an object against its background.
 DETAIL_GRID = 16
 
+# Grey level from which a pixel counts as clipped white (after JPEG, 255 reads as 247-255).
+HIGHLIGHT_LEVEL = 247
+# A white background: the share of the frame's outer ring (EDGE_RING of the shorter side) that is
+# clipped, from which clipped regions joined to the edge are not counted as washed out. Exposing
+# the grocery photos +1.5 and +2.5 EV never clipped more than 66 % of that ring; the catalog
+# images, items on white, clip 88-100 % (docs/quality.md §2).
+WHITE_BACKGROUND_EDGE = 0.7
+EDGE_RING = 0.03
+BACKGROUND_BLOCK = 4
+
 THRESHOLDS_RESOURCE = "quality_thresholds.json"
 
 
@@ -66,6 +76,9 @@ class Exposure:
     p95: float
     shadow_clip: float  # fraction of pixels at or below 8
     highlight_clip: float  # fraction of pixels at or above 247
+    # `highlight_clip` less a white background's pixels (see `washed_out_share`): what the
+    # overexposure decision reads
+    washed_out: float
 
 
 @dataclass(frozen=True)
@@ -110,8 +123,8 @@ def sharpness(grey: np.ndarray) -> float:
 
 def exposure(grey: np.ndarray) -> Exposure:
     """Brightness statistics from a 256-bin histogram (faster than sorting for percentiles)."""
-    levels = np.clip(grey + 0.5, 0, 255).astype(np.uint8).ravel()
-    histogram = np.bincount(levels, minlength=256)
+    levels = np.clip(grey + 0.5, 0, 255).astype(np.uint8)
+    histogram = np.bincount(levels.ravel(), minlength=256)
     cumulative = np.cumsum(histogram) / levels.size
     return Exposure(
         mean=float(levels.mean()),
@@ -119,7 +132,49 @@ def exposure(grey: np.ndarray) -> Exposure:
         p95=float(np.searchsorted(cumulative, 0.95)),
         shadow_clip=float(cumulative[8]),
         highlight_clip=float(1.0 - cumulative[246]),
+        washed_out=washed_out_share(levels >= HIGHLIGHT_LEVEL),
     )
+
+
+def washed_out_share(clipped: np.ndarray) -> float:
+    """The share of the frame clipped white, not counting a white background.
+
+    A photo of an item on a white sheet, table or backdrop has a clipped background and nothing
+    washed out. So where the frame's edge (its outer `EDGE_RING` of the shorter side) is at
+    least `WHITE_BACKGROUND_EDGE` clipped, the clipped regions joined to the edge are taken for
+    background and left out; what stays counts (an item's own blown-out highlights). Regions
+    are traced on `BACKGROUND_BLOCK`-pixel blocks that are mostly clipped, so the trace is cheap.
+    """
+    if not clipped.any():
+        return 0.0
+    height, width = clipped.shape
+    ring = max(1, round(EDGE_RING * min(height, width)))
+    inner = np.zeros_like(clipped)
+    inner[ring:-ring, ring:-ring] = True
+    if clipped[~inner].mean() < WHITE_BACKGROUND_EDGE:
+        return float(clipped.mean())
+    block = BACKGROUND_BLOCK
+    padded = np.pad(clipped, ((0, -height % block), (0, -width % block)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // block, block, -1, block).mean(axis=(1, 3)) >= 0.5
+    background = np.repeat(np.repeat(_edge_connected(blocks), block, 0), block, 1)
+    return float((clipped & ~background[:height, :width]).mean())
+
+
+def _edge_connected(mask: np.ndarray) -> np.ndarray:
+    """The cells of `mask` joined to the grid's edge through `mask` (8-neighbour)."""
+    reached = np.zeros_like(mask)
+    reached[[0, -1], :] = mask[[0, -1], :]
+    reached[:, [0, -1]] |= mask[:, [0, -1]]
+    while True:
+        grown = np.pad(reached, 1)
+        grown = (
+            grown[:-2, :-2] | grown[:-2, 1:-1] | grown[:-2, 2:]
+            | grown[1:-1, :-2] | grown[1:-1, 1:-1] | grown[1:-1, 2:]
+            | grown[2:, :-2] | grown[2:, 1:-1] | grown[2:, 2:]
+        ) & mask  # fmt: skip
+        if np.array_equal(grown, reached):
+            return reached
+        reached = grown
 
 
 def coarse_detail(grey: np.ndarray, grid: int = DETAIL_GRID) -> float:
@@ -161,7 +216,8 @@ class QualityThresholds:
     A photo is `too_small` when its shorter original side is below `min_short_side`,
     `low_detail` when its coarse detail is below `low_detail`, `too_dark` when its
     95th-percentile brightness is below `dark_warning` (a blocker below `dark_blocker`),
-    `overexposed` when the fraction of clipped highlights is above `bright_warning`
+    `overexposed` when the fraction of clipped highlights (less a white background) is above
+    `bright_warning`
     (`bright_blocker`), and `blurry` when its sharpness is below `blurry_warning`
     (`blurry_blocker`). The defaults are only a fallback for a missing JSON file.
     """
@@ -245,17 +301,20 @@ def _exposure_issue(metrics: QualityMetrics, limits: QualityThresholds) -> Quali
             else "This photo is rather dark; details of the item may be hard to see.",
             _RETAKE_DARK,
         )
-    if light.highlight_clip > limits.bright_warning:
-        severe = light.highlight_clip > limits.bright_blocker
-        return QualityIssue(
-            "overexposed",
-            "blocker" if severe else "warning",
-            "This photo is so bright that the item is washed out."
-            if severe
-            else "This photo is very bright; some details may be washed out.",
-            _RETAKE_BRIGHT,
-        )
+    if light.washed_out > limits.bright_warning:
+        return _overexposed(severe=light.washed_out > limits.bright_blocker)
     return None
+
+
+def _overexposed(*, severe: bool) -> QualityIssue:
+    return QualityIssue(
+        "overexposed",
+        "blocker" if severe else "warning",
+        "This photo is so bright that the item is washed out."
+        if severe
+        else "This photo is very bright; some details may be washed out.",
+        _RETAKE_BRIGHT,
+    )
 
 
 def _low_detail(metrics: QualityMetrics, limits: QualityThresholds) -> QualityIssue | None:
@@ -295,8 +354,9 @@ def decide(metrics: QualityMetrics, thresholds: QualityThresholds) -> list[Quali
     issues = [issue for issue in (_too_small(metrics, thresholds),) if issue]
     detail = _low_detail(metrics, thresholds)
     if detail is not None:
+        # All of a blown-out frame is clipped, background included: no white-background rule.
         if metrics.exposure.highlight_clip > thresholds.bright_blocker:
-            detail = _exposure_issue(metrics, thresholds) or detail
+            detail = _overexposed(severe=True)
         return [*issues, detail]
     return [
         *issues,

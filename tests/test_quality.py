@@ -27,6 +27,7 @@ from service.quality import (
     quality_issues,
     rejection_issue,
     sharpness,
+    washed_out_share,
 )
 
 DESIGN_CODES = {"too_small", "blurry", "too_dark", "overexposed", "low_detail"}
@@ -97,16 +98,46 @@ def test_sharpness_is_comparable_across_resolutions() -> None:
 @pytest.mark.parametrize(
     ("grey", "expected"),
     [
-        (halves(left=0, right=255), Exposure(127.5, 0, 255, 0.5, 0.5)),
-        (np.full((10, 10), 100.0, dtype=np.float32), Exposure(100.0, 100, 100, 0.0, 0.0)),
-        (np.full((10, 10), 3.0, dtype=np.float32), Exposure(3.0, 3, 3, 1.0, 0.0)),
-        (np.full((10, 10), 250.0, dtype=np.float32), Exposure(250.0, 250, 250, 0.0, 1.0)),
+        # Half the edge is white: not a white background, so all its clipping counts.
+        (halves(left=0, right=255), Exposure(127.5, 0, 255, 0.5, 0.5, 0.5)),
+        (np.full((10, 10), 100.0, dtype=np.float32), Exposure(100.0, 100, 100, 0.0, 0.0, 0.0)),
+        (np.full((10, 10), 3.0, dtype=np.float32), Exposure(3.0, 3, 3, 1.0, 0.0, 0.0)),
+        # All white: all of it is background.
+        (np.full((10, 10), 250.0, dtype=np.float32), Exposure(250.0, 250, 250, 0.0, 1.0, 0.0)),
     ],
 )
 def test_exposure_known_values(grey: np.ndarray, expected: Exposure) -> None:
     measured = exposure(grey)
-    for name in ("mean", "p05", "p95", "shadow_clip", "highlight_clip"):
+    for name in ("mean", "p05", "p95", "shadow_clip", "highlight_clip", "washed_out"):
         assert getattr(measured, name) == pytest.approx(getattr(expected, name)), name
+
+
+def item_on_white(highlight: bool = False, edge_white: bool = True) -> np.ndarray:
+    """A 200x160 frame: a mid-grey item in the middle on a white (or grey) background, with
+    a white 20x20 highlight on the item if asked."""
+    frame = np.full((160, 200), 255 if edge_white else 120, dtype=np.uint8)
+    frame[40:120, 50:150] = 110
+    if highlight:
+        frame[60:80, 90:110] = 255
+    return frame >= 247
+
+
+@pytest.mark.parametrize(
+    ("clipped", "expected"),
+    [
+        (np.zeros((50, 60), dtype=bool), 0.0),
+        (item_on_white(), 0.0),  # the background is not washed out
+        (item_on_white(highlight=True), 400 / (160 * 200)),  # the item's own highlight is
+        (item_on_white(highlight=True, edge_white=False), 400 / (160 * 200)),
+        # A bright band along the top: too little of the edge for a white background.
+        (np.vstack([np.ones((40, 200), bool), np.zeros((120, 200), bool)]), 0.25),
+        (np.ones((30, 30), dtype=bool), 0.0),  # all background (decide calls it overexposed)
+    ],
+)
+def test_washed_out_share_leaves_out_a_white_background(
+    clipped: np.ndarray, expected: float
+) -> None:
+    assert washed_out_share(clipped) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +188,9 @@ THRESHOLDS = QualityThresholds(
     blurry_warning=-1.3,
     blurry_blocker=-2.3,
 )
-GOOD_LIGHT = Exposure(mean=110, p05=20, p95=210, shadow_clip=0.0, highlight_clip=0.001)
+GOOD_LIGHT = Exposure(
+    mean=110, p05=20, p95=210, shadow_clip=0.0, highlight_clip=0.001, washed_out=0.001
+)
 
 
 def metrics(**changes: object) -> QualityMetrics:
@@ -175,12 +208,17 @@ def metrics(**changes: object) -> QualityMetrics:
         (metrics(exposure=dataclasses.replace(GOOD_LIGHT, p95=100)), [("too_dark", "warning")]),
         (metrics(exposure=dataclasses.replace(GOOD_LIGHT, p95=50)), [("too_dark", "blocker")]),
         (
-            metrics(exposure=dataclasses.replace(GOOD_LIGHT, highlight_clip=0.1)),
+            metrics(exposure=dataclasses.replace(GOOD_LIGHT, highlight_clip=0.1, washed_out=0.1)),
             [("overexposed", "warning")],
         ),
         (
-            metrics(exposure=dataclasses.replace(GOOD_LIGHT, highlight_clip=0.4)),
+            metrics(exposure=dataclasses.replace(GOOD_LIGHT, highlight_clip=0.4, washed_out=0.4)),
             [("overexposed", "blocker")],
+        ),
+        # A white background: clipped, but nothing of the item is washed out.
+        (
+            metrics(exposure=dataclasses.replace(GOOD_LIGHT, highlight_clip=0.6, washed_out=0.0)),
+            [],
         ),
         (metrics(detail=0.05), [("low_detail", "blocker")]),
         # Exposure and blur are independent findings: a dark, shaken photo gets both.
@@ -222,7 +260,7 @@ def test_every_issue_speaks_to_the_buyer() -> None:
         metrics(sharpness=-1.5),
         metrics(sharpness=-3),
         metrics(exposure=dataclasses.replace(GOOD_LIGHT, p95=10)),
-        metrics(exposure=dataclasses.replace(GOOD_LIGHT, highlight_clip=0.9)),
+        metrics(exposure=dataclasses.replace(GOOD_LIGHT, highlight_clip=0.9, washed_out=0.9)),
         metrics(detail=0.0),
     ]
     seen = set()

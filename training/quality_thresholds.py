@@ -261,7 +261,7 @@ def _feature(samples: Sequence[Sample], name: str) -> np.ndarray:
     getters: dict[str, Callable[[QualityMetrics], float]] = {
         "sharpness": lambda m: m.sharpness,
         "p95": lambda m: m.exposure.p95,
-        "highlight_clip": lambda m: m.exposure.highlight_clip,
+        "washed_out": lambda m: m.exposure.washed_out,
         "detail": lambda m: m.detail,
     }
     return np.array([getters[name](sample.metrics) for sample in samples], dtype=np.float64)
@@ -286,10 +286,10 @@ def fit_thresholds(samples: Sequence[Sample], *, min_short_side: int) -> Quality
         dark_warning=_fit_one(samples, "too_dark", "p95", below=True, blocker=False),
         dark_blocker=_fit_one(samples, "too_dark", "p95", below=True, blocker=True),
         bright_warning=_fit_one(
-            samples, "overexposed", "highlight_clip", below=False, blocker=False
+            samples, "overexposed", "washed_out", below=False, blocker=False
         ),
         bright_blocker=_fit_one(
-            samples, "overexposed", "highlight_clip", below=False, blocker=True
+            samples, "overexposed", "washed_out", below=False, blocker=True
         ),
         blurry_warning=_fit_one(samples, "blurry", "sharpness", below=True, blocker=False),
         blurry_blocker=_fit_one(samples, "blurry", "sharpness", below=True, blocker=True),
