@@ -285,12 +285,8 @@ def fit_thresholds(samples: Sequence[Sample], *, min_short_side: int) -> Quality
         low_detail=_fit_one(samples, "low_detail", "detail", below=True, blocker=False),
         dark_warning=_fit_one(samples, "too_dark", "p95", below=True, blocker=False),
         dark_blocker=_fit_one(samples, "too_dark", "p95", below=True, blocker=True),
-        bright_warning=_fit_one(
-            samples, "overexposed", "washed_out", below=False, blocker=False
-        ),
-        bright_blocker=_fit_one(
-            samples, "overexposed", "washed_out", below=False, blocker=True
-        ),
+        bright_warning=_fit_one(samples, "overexposed", "washed_out", below=False, blocker=False),
+        bright_blocker=_fit_one(samples, "overexposed", "washed_out", below=False, blocker=True),
         blurry_warning=_fit_one(samples, "blurry", "sharpness", below=True, blocker=False),
         blurry_blocker=_fit_one(samples, "blurry", "sharpness", below=True, blocker=True),
     )
