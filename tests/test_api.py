@@ -453,6 +453,64 @@ def test_a_photo_committed_by_another_process_is_found(api_server: ApiServer) ->
     assert any(first in reason for reason in reused.json()["triage"]["reasons"])
 
 
+def test_evidence_committed_long_after_its_created_at_is_indexed_by_the_next_catch_up(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction that stalled five minutes before committing lands behind the rows another
+    process has read: its regular syncs (a minute back) miss it, its next catch-up (an hour back,
+    every ten minutes) finds it, rather than its next restart."""
+    from service.api import runtime as runtime_module
+    from service.api.runtime import Runtime
+
+    photo, first, second = one_photo_two_claims(api_server, seed=57)
+    other_process = Runtime.start(api_server.settings)
+    try:
+        with api_server.client(api_server.keys["other_buyer"]) as other:
+            newer = red_patch_jpeg(seed=58)
+            assert (
+                other.post(f"/v1/claims/{second}/evidence", files=files(newer)).status_code == 201
+            )
+        other_process.sync_duplicate_index(force=True)  # has read up to that upload
+        opened = open_photo(photo)
+        late = evidence_ref(first, opened.photo_id)
+        stalled_since = crud.utcnow() - timedelta(minutes=5)
+        with database_session(api_server) as session:
+            windows = photo_windows(opened.image)
+            crud.get_or_add_photo(
+                session,
+                photo_id=opened.photo_id,
+                image_format=opened.format,
+                byte_size=len(photo),
+                size=opened.image.size,
+                has_gps=False,
+                perceptual_hash=format_hashes(windows[:1]),
+                window_hashes=format_hashes(windows),
+                now=stalled_since,
+            )
+            session.flush()  # the photo row before the evidence row that refers to it
+            crud.add_claim_photo(
+                session,
+                claim_id=first,
+                photo_id=opened.photo_id,
+                filename="late.jpg",
+                damage=0.5,
+                mismatch=None,
+                match_similarity=None,
+                issues=[],
+                damage_map=None,
+                duplicate_claims=[],
+                model_version=TINY_MODEL_VERSION,
+                now=stalled_since,
+            )
+        other_process.sync_duplicate_index(force=True)
+        assert late not in other_process.duplicates
+        monkeypatch.setattr(runtime_module, "DUPLICATE_CATCH_UP_SECONDS", 0.0)  # one is due
+        other_process.sync_duplicate_index(force=True)
+        assert late in other_process.duplicates
+    finally:
+        other_process.close()
+
+
 @pytest.mark.parametrize("through", THROUGH)
 def test_an_upload_that_fails_leaves_no_photo_to_be_reused(
     api_server: ApiServer, monkeypatch: pytest.MonkeyPatch, through: str

@@ -59,6 +59,11 @@ LISTING_PHOTO_CACHE = 64
 # How far back each sync of the duplicate index re-reads evidence rows: a row's created_at is
 # set before its transaction commits, so a slow commit can land behind rows already read.
 DUPLICATE_SYNC_OVERLAP = timedelta(seconds=60)
+# Every DUPLICATE_CATCH_UP_SECONDS a sync reads this far back instead, so evidence committed long
+# after its `created_at` (a transaction stalled behind a lock) is indexed within that time rather
+# than at the next restart; the window is bounded, so the read stays as cheap as an hour's rows.
+DUPLICATE_CATCH_UP_OVERLAP = timedelta(hours=1)
+DUPLICATE_CATCH_UP_SECONDS = 600.0
 # How long an upload's registration (`Runtime.register_pending_evidence`) counts while the upload
 # is being recorded: far longer than recording takes (SQLite alone may wait 10 s for its lock),
 # yet bounded, so the registration of a process that died mid-upload stops flagging photos.
@@ -113,6 +118,7 @@ class Runtime:
     _duplicate_sync_lock: threading.Lock = field(default_factory=threading.Lock)
     _duplicates_read_to: datetime | None = None  # the newest evidence `created_at` read so far
     _duplicates_synced_at: float = float("-inf")  # time.monotonic() of the last sync
+    _duplicates_caught_up_at: float = float("-inf")  # ... of the last one that read an hour back
     _listing_photos: OrderedDict[str, Photo] = field(default_factory=OrderedDict)
     _listing_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -202,7 +208,9 @@ class Runtime:
         per `duplicate_sync_seconds` (a caller that finds one running or too recent skips it),
         so a photo committed elsewhere is found about that long after. Rows are read from a
         little before the newest one already read (`DUPLICATE_SYNC_OVERLAP`), since a row's
-        `created_at` is set before its transaction commits; refs already indexed are skipped.
+        `created_at` is set before its transaction commits, and every `DUPLICATE_CATCH_UP_SECONDS`
+        from an hour before it (`DUPLICATE_CATCH_UP_OVERLAP`), for a commit that landed later
+        still; refs already indexed are skipped.
         """
         if not self._duplicate_sync_lock.acquire(blocking=force):
             return 0
@@ -212,10 +220,14 @@ class Runtime:
                 started - self._duplicates_synced_at < self.settings.duplicate_sync_seconds
             ):
                 return 0
-            since = self._duplicates_read_to and self._duplicates_read_to - DUPLICATE_SYNC_OVERLAP
+            catch_up = started - self._duplicates_caught_up_at >= DUPLICATE_CATCH_UP_SECONDS
+            overlap = DUPLICATE_CATCH_UP_OVERLAP if catch_up else DUPLICATE_SYNC_OVERLAP
+            since = self._duplicates_read_to and self._duplicates_read_to - overlap
             with self.sessions() as session:
                 rows = crud.evidence_hashes(session, since=since)
             self._duplicates_synced_at = started
+            if catch_up:
+                self._duplicates_caught_up_at = started
             with self.duplicates_lock:
                 new_photos = [
                     # Evidence stored before windows were kept is found only by its whole frame.
