@@ -114,7 +114,7 @@ def matches_listing(
 # copies that the 8-bit hash check misses (turned a few degrees, a band over them, cropped 20 %,
 # a shop-page screenshot) sit at 10-20. So the embedding's finding stands only where the hash is
 # within this many bits too: 0 of 771 genuine test photos, against 23 without it
-# (bench/listing_reuse_study.py; docs/quality.md §2).
+# (bench/listing_reuse_study.py; docs/quality.md §3).
 LISTING_REUSE_CORROBORATION_DISTANCE = 16
 
 
