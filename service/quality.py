@@ -75,7 +75,7 @@ class Exposure:
     p05: float
     p95: float
     shadow_clip: float  # fraction of pixels at or below 8
-    highlight_clip: float  # fraction of pixels at or above 247
+    highlight_clip: float  # fraction of pixels at or above HIGHLIGHT_LEVEL (247)
     # `highlight_clip` less a white background's pixels (see `washed_out_share`): what the
     # overexposure decision reads
     washed_out: float
@@ -131,7 +131,7 @@ def exposure(grey: np.ndarray) -> Exposure:
         p05=float(np.searchsorted(cumulative, 0.05)),
         p95=float(np.searchsorted(cumulative, 0.95)),
         shadow_clip=float(cumulative[8]),
-        highlight_clip=float(1.0 - cumulative[246]),
+        highlight_clip=float(1.0 - cumulative[HIGHLIGHT_LEVEL - 1]),
         washed_out=washed_out_share(levels >= HIGHLIGHT_LEVEL),
     )
 
@@ -217,9 +217,9 @@ class QualityThresholds:
     `low_detail` when its coarse detail is below `low_detail`, `too_dark` when its
     95th-percentile brightness is below `dark_warning` (a blocker below `dark_blocker`),
     `overexposed` when the fraction of clipped highlights (less a white background) is above
-    `bright_warning`
-    (`bright_blocker`), and `blurry` when its sharpness is below `blurry_warning`
-    (`blurry_blocker`). The defaults are only a fallback for a missing JSON file.
+    `bright_warning` (`bright_blocker`), and `blurry` when its sharpness is below
+    `blurry_warning` (`blurry_blocker`). The defaults are only a fallback for a missing JSON
+    file.
     """
 
     min_short_side: int = 224
