@@ -372,32 +372,17 @@ class DuplicateIndex:
         for window in windows:
             self.add(window, ref)
 
-    def add_photos(self, photos: Iterable[tuple[Sequence[int], str]]) -> None:
-        """Bulk `add_photo`: every window hash of each (windows, ref) in one segment."""
-        hashes: list[int] = []
-        counts: list[int] = []
-        refs: list[str] = []
-        for windows, ref in photos:
-            hashes.extend(windows)
-            counts.append(len(windows))
-            refs.append(ref)
-        self._add_counted(np.array(hashes, dtype=np.uint64), np.array(counts, dtype=np.int64), refs)
-
     def add_photo_texts(self, photos: Iterable[tuple[str, str]]) -> None:
         """Bulk `add_photo` from stored text: (ref, `format_hashes` of its windows) each, as
-        the database keeps them (the start-up load: one hex decode and one sort)."""
+        the database keeps them (the start-up load: one hex decode, refs numbered once per photo
+        rather than once per hash, one sort)."""
         rows = list(photos)
         hashes, counts = parse_hash_texts([text for _, text in rows])
-        self._add_counted(hashes, counts, [ref for ref, _ in rows])
-
-    def _add_counted(self, hashes: np.ndarray, counts: np.ndarray, refs: Sequence[str]) -> None:
-        """`counts[i]` hashes of `hashes`, in order, under `refs[i]`; refs are numbered once per
-        photo rather than once per hash."""
         if len(hashes) == 0:
             return
         self._flush_tail()
         numbers = np.fromiter(
-            (self._ref_number(ref) for ref in refs), dtype=np.int32, count=len(refs)
+            (self._ref_number(ref) for ref, _ in rows), dtype=np.int32, count=len(rows)
         )
         self._push(_Segment(hashes, np.repeat(numbers, counts)))
 
