@@ -89,6 +89,35 @@ def add_bare_photo(
     )
 
 
+def add_bare_claim(
+    session: Session,
+    *,
+    owner_key_id: str,
+    listing_id: str,
+    idempotency_key: str,
+    now: datetime,
+    opened_at: datetime | None = None,
+) -> str:
+    """An open "damaged" claim on a stored listing, written through crud; returns its id."""
+    claim = crud.create_claim(
+        session,
+        owner_key_id=owner_key_id,
+        listing_id=listing_id,
+        order_ref="ORD-1",
+        reason="damaged",
+        resolution="full_refund",
+        description=None,
+        amount=None,
+        currency=None,
+        opened_at=opened_at or now,
+        idempotency_key=idempotency_key,
+        request_fingerprint="f" * 64,
+        now=now,
+    )
+    session.flush()
+    return claim.claim_id
+
+
 def add_bare_evidence(
     session: Session, claim_id: str, photo_id: str, *, now: datetime
 ) -> ClaimPhoto:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from api_server import ApiServer, reset_postgres
-from conftest import add_bare_evidence, add_bare_photo, encode, textured_image
+from conftest import add_bare_claim, add_bare_evidence, add_bare_photo, encode, textured_image
 from PIL import Image
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -234,30 +234,21 @@ class Store:
                 session.flush()
                 crud.add_listing_image(session, listing_id=listing_id, photo_id=photo_id, now=T0)
                 session.flush()
-            claim = crud.create_claim(
+            claim_id = add_bare_claim(
                 session,
                 owner_key_id=self.buyer,
                 listing_id=listing_id,
-                order_ref="ORD-1",
-                reason="damaged",
-                resolution="full_refund",
-                description=None,
-                amount=None,
-                currency=None,
-                opened_at=T0,
                 idempotency_key=uuid.uuid4().hex,
-                request_fingerprint="0" * 64,
                 now=T0,
             )
-            session.flush()
             photo_ids = []
             for data in evidence:
                 photo_id = self.photo(session, data)
                 session.flush()
-                add_bare_evidence(session, claim.claim_id, photo_id, now=T0)
+                add_bare_evidence(session, claim_id, photo_id, now=T0)
                 session.flush()
                 photo_ids.append(photo_id)
-            return claim.claim_id, photo_ids
+            return claim_id, photo_ids
 
     def review(self, claim_id: str, minutes: int, *labels: dict[str, Any]) -> None:
         with transaction(self.sessions) as session:

@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from conftest import add_bare_evidence, add_bare_photo
+from conftest import add_bare_claim, add_bare_evidence, add_bare_photo
 from sqlalchemy import Engine, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,23 +51,14 @@ def buyer_key_id(sessions: sessionmaker[Session]) -> str:
 
 
 def _claim(session: Session, owner: str, idempotency_key: str, opened_at: datetime) -> str:
-    claim = crud.create_claim(
+    return add_bare_claim(
         session,
         owner_key_id=owner,
         listing_id="db-listing",
-        order_ref="ORD-1",
-        reason="damaged",
-        resolution="full_refund",
-        description=None,
-        amount=None,
-        currency=None,
-        opened_at=opened_at,
         idempotency_key=idempotency_key,
-        request_fingerprint="f" * 64,
         now=NOW,
+        opened_at=opened_at,
     )
-    session.flush()
-    return claim.claim_id
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:

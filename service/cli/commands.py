@@ -6,7 +6,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from service.cli import batch, check, demo, keys, labels, score, serve
+    from service.cli import batch, check, demo, evidence, keys, labels, score, serve
 
     check.register(app)
     serve.register(app)
@@ -15,3 +15,4 @@ def register(app: typer.Typer) -> None:
     labels.register(app)
     score.register(app)
     batch.register(app)
+    evidence.register(app)

@@ -363,6 +363,47 @@ def evidence_hashes(session: Session, *, since: datetime | None = None) -> list[
     return [EvidenceHashes(*row) for row in session.execute(query)]
 
 
+def _evidence_short_of(text_length: int) -> Any:
+    """Evidence photos whose `window_hashes` text is shorter than `text_length`, or absent."""
+    return and_(
+        Photo.perceptual_hash.is_not(None),
+        or_(Photo.window_hashes.is_(None), func.length(Photo.window_hashes) < text_length),
+        select(ClaimPhoto.photo_id).where(ClaimPhoto.photo_id == Photo.photo_id).exists(),
+    )
+
+
+def count_evidence_short_of(session: Session, *, text_length: int) -> int:
+    query = select(func.count()).select_from(Photo).where(_evidence_short_of(text_length))
+    return session.scalar(query) or 0
+
+
+def evidence_photos_short_of(
+    session: Session, *, text_length: int, after: str | None, limit: int
+) -> list[str]:
+    """Ids of evidence photos whose `window_hashes` text is shorter than `text_length` (or
+    absent), in id order after `after`, at most `limit`: the photos `triage evidence rehash`
+    stores again under every window of the current `photo_windows`."""
+    query = (
+        select(Photo.photo_id)
+        .where(_evidence_short_of(text_length))
+        .order_by(Photo.photo_id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(Photo.photo_id > after)
+    return list(session.scalars(query))
+
+
+def set_photo_hashes(
+    session: Session, *, photo_id: str, perceptual_hash: str, window_hashes: str
+) -> None:
+    session.execute(
+        update(Photo)
+        .where(Photo.photo_id == photo_id)
+        .values(perceptual_hash=perceptual_hash, window_hashes=window_hashes)
+    )
+
+
 def add_pending_evidence(
     session: Session, *, upload_id: str, windows: Mapping[str, str], expires_at: datetime
 ) -> None:

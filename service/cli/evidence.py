@@ -1,0 +1,60 @@
+"""`triage evidence rehash`: store older evidence under every window of the current release.
+
+See service/rehash.py. Exit status 0 when every short photo was hashed again, 1 when some were
+missing from the store or no longer decode (listed on stderr; the rest is done either way).
+"""
+
+from __future__ import annotations
+
+import typer
+
+evidence_app = typer.Typer(help="Maintain stored evidence.", no_args_is_help=True)
+
+
+@evidence_app.command("rehash")
+def rehash() -> None:
+    """Hash every evidence photo stored by an older release again under all of today's windows
+    (crops, mirror images, quarter turns), so the duplicate checks find its copies too. Safe to
+    interrupt and run again; restart the service afterwards to load the new hashes."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from service.config import Settings
+    from service.db.migrate import upgrade_to_head
+    from service.db.session import make_engine, make_session_factory
+    from service.rehash import count_short_evidence, rehash_evidence
+    from service.store import PhotoStore
+
+    console = Console(stderr=True)
+    settings = Settings()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        upgrade_to_head(engine)
+        sessions = make_session_factory(engine)
+        with Progress(
+            TextColumn("[bold]rehashing"), BarColumn(), MofNCompleteColumn(), console=console
+        ) as progress:
+            task = progress.add_task("photos", total=count_short_evidence(sessions))
+            summary = rehash_evidence(
+                sessions,
+                PhotoStore(settings.photos_dir),
+                limits=settings.limits.intake_limits(),
+                advance=lambda done: progress.advance(task, done),
+            )
+    finally:
+        engine.dispose()
+    for photo_id in summary.missing:
+        console.print(f"[yellow]not in the photo store:[/yellow] {photo_id}")
+    for photo_id in summary.unreadable:
+        console.print(f"[yellow]no longer decodes:[/yellow] {photo_id}")
+    console.print(
+        f"{summary.rehashed} of {summary.short} evidence photos hashed again "
+        f"({len(summary.missing)} missing from the store, {len(summary.unreadable)} unreadable)."
+        + (" Restart the service to load them." if summary.rehashed else "")
+    )
+    if summary.missing or summary.unreadable:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(evidence_app, name="evidence")
