@@ -1,8 +1,8 @@
 """Photo quality checks: pure metrics, thresholds fitted from data, and buyer-facing findings.
 
 Three layers, kept apart so each can be tested and tuned on its own:
-- metrics (`analysis_grey`, `sharpness`, `exposure`, `coarse_detail`, `measure`): numbers computed
-  from pixels, with no opinion about what is good;
+- metrics (`analysis_grey`, `sharpness`, `exposure`, `coarse_detail`, `outline`, `measure`):
+  numbers computed from pixels, with no opinion about what is good;
 - thresholds (`QualityThresholds`): loaded from `quality_thresholds.json`, which
   `training/quality_thresholds.py` writes from a labelled set of degraded grocery photos;
 - decisions (`quality_issues`): metrics compared with thresholds, with a precedence between
@@ -48,6 +48,13 @@ WHITE_BACKGROUND_EDGE = 0.7
 EDGE_RING = 0.03
 BACKGROUND_BLOCK = 4
 
+# Side of the blocks whose neighbouring means `outline` compares: at ANALYSIS_SIDE, 4 px blocks
+# average out sensor noise and JPEG ringing but keep the step across an item's edge.
+OUTLINE_BLOCK = 4
+# Added to an outline's spread (median step, grey levels) before the ratio: JPEG's quantisation
+# leaves plain backgrounds a fraction of a level of texture, which would make the ratio explode.
+OUTLINE_SPREAD_FLOOR = 0.25
+
 THRESHOLDS_RESOURCE = "quality_thresholds.json"
 
 
@@ -82,6 +89,19 @@ class Exposure:
 
 
 @dataclass(frozen=True)
+class Outline:
+    """The steps between neighbouring block means of the analysis copy, in grey levels."""
+
+    strength: float  # 99th percentile: how sharp the strongest edges are
+    spread: float  # median: how much of the frame is edges at all (texture is edges everywhere)
+
+    @property
+    def contrast(self) -> float:
+        """How much the strongest edges stand out from the rest of the frame."""
+        return self.strength / (self.spread + OUTLINE_SPREAD_FLOOR)
+
+
+@dataclass(frozen=True)
 class QualityMetrics:
     """Everything the decisions need, measured once per photo."""
 
@@ -90,6 +110,7 @@ class QualityMetrics:
     sharpness: float
     exposure: Exposure
     detail: float
+    outline: Outline
 
 
 def analysis_grey(image: Image.Image, side: int = ANALYSIS_SIDE) -> np.ndarray:
@@ -194,6 +215,25 @@ def coarse_detail(grey: np.ndarray, grid: int = DETAIL_GRID) -> float:
     return float(blocks.std() / (blocks.mean() + 1.0))
 
 
+def outline(grey: np.ndarray, block: int = OUTLINE_BLOCK) -> Outline:
+    """The absolute differences between horizontally and vertically neighbouring block means:
+    their 99th percentile and their median. A white box on a white table has almost no coarse
+    detail, yet its edges and shading are steps of tens of grey levels along a line, on a plain
+    frame (a strong 99th percentile, a median near zero). A fog, a covered lens or a blank wall
+    has no such step; a fine texture (fabric, wood grain) has its steps all over the frame.
+    """
+    height, width = grey.shape
+    rows, cols = height // block, width // block
+    if rows < 2 or cols < 2:
+        return Outline(strength=0.0, spread=0.0)
+    means = grey[: rows * block, : cols * block].reshape(rows, block, cols, block).mean(axis=(1, 3))
+    steps = np.concatenate(
+        [np.abs(np.diff(means, axis=1)).ravel(), np.abs(np.diff(means, axis=0)).ravel()]
+    )
+    strength, spread = np.percentile(steps, [99, 50])
+    return Outline(strength=float(strength), spread=float(spread))
+
+
 def measure(photo: Photo) -> QualityMetrics:
     grey = analysis_grey(photo.image)
     width, height = photo.original_size
@@ -203,6 +243,7 @@ def measure(photo: Photo) -> QualityMetrics:
         sharpness=sharpness(grey),
         exposure=exposure(grey),
         detail=coarse_detail(grey),
+        outline=outline(grey),
     )
 
 
@@ -214,7 +255,11 @@ class QualityThresholds:
     """Decision thresholds. The shipped values are fitted by training/quality_thresholds.py.
 
     A photo is `too_small` when its shorter original side is below `min_short_side`,
-    `low_detail` when its coarse detail is below `low_detail`, `too_dark` when its
+    `low_detail` when its coarse detail is below `low_detail` and it shows no distinct outline
+    (an outline has `outline_strength` grey levels or more and stands out `outline_contrast`
+    times from the frame's median step; these two are set in bench/outline_study.py, not
+    fitted, since the fitting photos hold no item that is hard to tell from its background),
+    `too_dark` when its
     95th-percentile brightness is below `dark_warning` (a blocker below `dark_blocker`),
     `overexposed` when the fraction of clipped highlights (less a white background) is above
     `bright_warning` (`bright_blocker`), and `blurry` when its sharpness is below
@@ -230,6 +275,8 @@ class QualityThresholds:
     bright_blocker: float = 0.2
     blurry_warning: float = -1.4
     blurry_blocker: float = -2.0
+    outline_strength: float = 12.0
+    outline_contrast: float = 25.0
     provenance: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -320,6 +367,9 @@ def _overexposed(*, severe: bool) -> QualityIssue:
 def _low_detail(metrics: QualityMetrics, limits: QualityThresholds) -> QualityIssue | None:
     if metrics.detail >= limits.low_detail:
         return None
+    edges = metrics.outline
+    if edges.strength >= limits.outline_strength and edges.contrast >= limits.outline_contrast:
+        return None  # an item close to its background's colour, but drawn by a distinct outline
     return QualityIssue(
         "low_detail",
         "blocker",

@@ -9,13 +9,14 @@ from importlib import resources
 import numpy as np
 import pytest
 from conftest import encode, textured_image
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from service.intake import PhotoRejected, open_photo
 from service.quality import (
     ANALYSIS_SIDE,
     DEFAULT_THRESHOLDS,
     Exposure,
+    Outline,
     QualityIssue,
     QualityMetrics,
     QualityThresholds,
@@ -24,6 +25,7 @@ from service.quality import (
     decide,
     exposure,
     load_thresholds,
+    outline,
     quality_issues,
     rejection_issue,
     sharpness,
@@ -152,6 +154,73 @@ def test_coarse_detail_known_values(grey: np.ndarray, expected: float) -> None:
     assert coarse_detail(grey) == pytest.approx(expected, rel=1e-5)
 
 
+def square_on_plain(size: int = 64, inside: float = 180.0, outside: float = 200.0) -> np.ndarray:
+    grey = np.full((size, size), outside, dtype=np.float32)
+    grey[16:48, 16:48] = inside  # 8 x 8 blocks of 4 px, aligned with the outline's blocks
+    return grey
+
+
+def checkerboard_of_blocks(size: int = 64, low: float = 100.0, high: float = 140.0) -> np.ndarray:
+    cells = (np.add.outer(np.arange(size) // 4, np.arange(size) // 4) % 2).astype(bool)
+    return np.where(cells, high, low).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("grey", "expected"),
+    [
+        (np.full((64, 64), 120, dtype=np.float32), Outline(strength=0.0, spread=0.0)),
+        # 32 of the 480 neighbouring block pairs straddle the square's edge (6.7% > 1%).
+        (square_on_plain(), Outline(strength=20.0, spread=0.0)),
+        (checkerboard_of_blocks(), Outline(strength=40.0, spread=40.0)),
+        (np.zeros((6, 6), dtype=np.float32), Outline(strength=0.0, spread=0.0)),  # < 2 blocks
+    ],
+    ids=["uniform", "square on plain", "texture", "too small"],
+)
+def test_outline_known_values(grey: np.ndarray, expected: Outline) -> None:
+    found = outline(grey)
+    assert found.strength == pytest.approx(expected.strength, abs=1e-4)
+    assert found.spread == pytest.approx(expected.spread, abs=1e-4)
+
+
+def test_outline_contrast_sets_an_outline_apart_from_texture() -> None:
+    assert outline(square_on_plain()).contrast == pytest.approx(20.0 / 0.25)
+    assert outline(checkerboard_of_blocks()).contrast < 1.0
+
+
+def white_box_on_white() -> Image.Image:
+    """A white box filling half the frame on a white table, lit from the left: its faces and
+    shadow 10-30 grey levels from the table."""
+    image = Image.new("L", (640, 480), 236)
+    ImageDraw.Draw(image).polygon([(200, 400), (540, 400), (600, 440), (260, 440)], fill=215)
+    image = image.filter(ImageFilter.GaussianBlur(6))  # a soft shadow
+    draw = ImageDraw.Draw(image)
+    draw.polygon([(120, 100), (460, 100), (540, 160), (200, 160)], fill=244)  # top
+    draw.polygon([(120, 100), (200, 160), (200, 400), (120, 340)], fill=206)  # side, in shade
+    draw.polygon([(200, 160), (540, 160), (540, 400), (200, 400)], fill=226)  # front
+    return image.convert("RGB")
+
+
+def fine_fabric(seed: int = 0) -> Image.Image:
+    """A close-up of plain fabric, evenly lit: 3 px threads of +-20 grey levels, no item."""
+    rng = np.random.default_rng(seed)
+    threads = np.kron(rng.normal(0, 20, (160, 214)), np.ones((3, 3)))[:480, :640]
+    return Image.fromarray(np.clip(150 + threads, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [(white_box_on_white(), []), (fine_fabric(), ["low_detail"])],
+    ids=["white box on white", "plain fabric"],
+)
+def test_an_outline_keeps_a_white_item_on_white_from_low_detail(
+    image: Image.Image, expected: list[str]
+) -> None:
+    photo = open_photo(encode(image, "JPEG", quality=88))
+    grey = analysis_grey(photo.image)
+    assert coarse_detail(grey) < DEFAULT_THRESHOLDS.low_detail  # both are nearly uniform
+    assert [issue.code for issue in quality_issues(photo)] == expected
+
+
 def test_coarse_detail_ignores_fine_noise_and_exposure() -> None:
     rng = np.random.default_rng(0)
     noisy_wall = np.clip(120 + rng.normal(0, 20, (256, 256)), 0, 255).astype(np.float32)
@@ -193,8 +262,19 @@ GOOD_LIGHT = Exposure(
 )
 
 
+# A scene's outline: edges of 30 grey levels on a frame whose median step is 2.
+SCENE_OUTLINE = Outline(strength=30.0, spread=2.0)
+
+
 def metrics(**changes: object) -> QualityMetrics:
-    base = QualityMetrics(width=4000, height=3000, sharpness=-0.8, exposure=GOOD_LIGHT, detail=0.4)
+    base = QualityMetrics(
+        width=4000,
+        height=3000,
+        sharpness=-0.8,
+        exposure=GOOD_LIGHT,
+        detail=0.4,
+        outline=SCENE_OUTLINE,
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -221,6 +301,18 @@ def metrics(**changes: object) -> QualityMetrics:
             [],
         ),
         (metrics(detail=0.05), [("low_detail", "blocker")]),
+        # An item close to its background's colour: little coarse detail, a distinct outline.
+        (metrics(detail=0.05, outline=Outline(strength=20.0, spread=0.1)), []),
+        # A fine texture (fabric, wood grain) has strong steps, but everywhere: still uniform.
+        (
+            metrics(detail=0.05, outline=Outline(strength=20.0, spread=2.0)),
+            [("low_detail", "blocker")],
+        ),
+        # A fog or a covered lens: no step strong enough to be an edge.
+        (
+            metrics(detail=0.05, outline=Outline(strength=8.0, spread=0.0)),
+            [("low_detail", "blocker")],
+        ),
         # Exposure and blur are independent findings: a dark, shaken photo gets both.
         (
             metrics(sharpness=-2.5, exposure=dataclasses.replace(GOOD_LIGHT, p95=50)),
