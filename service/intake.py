@@ -254,7 +254,7 @@ def open_photo(
 
 # The display copy's format: bump it with any change to what `display_copy` produces (size,
 # quality, encoder options), so that cached copies and their ETags are replaced, not served on.
-DISPLAY_COPY_VERSION = 1
+DISPLAY_COPY_VERSION = 2  # 2: free-text comments no longer carried over
 
 
 def display_copy(
@@ -262,10 +262,13 @@ def display_copy(
 ) -> bytes:
     """A JPEG copy for people to look at: oriented, at most `max_side`, and with no metadata.
 
-    Pillow writes no EXIF, XMP or ICC block unless asked to, so nothing from the original (GPS,
-    camera serial, timestamps) can leave in the copy.
+    The decoded image's `info` is emptied first: Pillow writes a JPEG comment (COM segment) it
+    finds there back into the copy, and a comment can hold a name or a location as well as EXIF
+    can. With it empty, Pillow writes no EXIF, XMP, ICC or comment block, so nothing from the
+    original (GPS, camera serial, timestamps, free text) can leave in the copy.
     """
-    photo = _decode(data, limits, max_side)
+    image = _decode(data, limits, max_side).image
+    image.info = {}
     buffer = io.BytesIO()
-    photo.image.save(buffer, format="JPEG", quality=quality, optimize=True)
+    image.save(buffer, format="JPEG", quality=quality, optimize=True)
     return buffer.getvalue()

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -94,10 +95,11 @@ class SealedFileCache:
     Written like the photo store (temporary file, fsync, rename); each file is the data followed
     by a trailer, the SHA-256 of the data and a marker, which image viewers ignore. `get` checks
     it, so a truncated or damaged file counts as missing and the caller makes and stores the data
-    again. Bumping `version` starts an empty folder beside the old one, which can then be
-    deleted. Keys must pass `is_key` (a photo id by default; `is_heatmap_key`, a photo id and a
-    SHA-256 joined by `-`, for heatmaps) and their first four digits pick the fan-out folders;
-    any other key raises PhotoNotFound, so it never reaches a path.
+    again. Bumping `version` starts an empty folder beside the old one, which
+    `remove_older_versions` deletes. Keys must pass `is_key` (a photo id by default;
+    `is_heatmap_key`, a photo id and a SHA-256 joined by `-`, for heatmaps) and their first four
+    digits pick the fan-out folders; any other key raises PhotoNotFound, so it never reaches a
+    path.
     """
 
     def __init__(
@@ -115,6 +117,18 @@ class SealedFileCache:
         self.is_key = is_key
         self.root = root / f"v{version}"
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def remove_older_versions(self) -> int:
+        """Delete the folders of lower versions beside this one (their files were made by older
+        code: a display copy of version 1 may still carry a comment of the original); returns
+        how many. Higher versions are left to the newer processes that use them."""
+        removed = 0
+        for folder in self.root.parent.iterdir():
+            version = folder.name.removeprefix("v")
+            if folder.is_dir() and version.isdigit() and int(version) < self.version:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed
 
     def path_for(self, key: str) -> Path:
         if not self.is_key(key):

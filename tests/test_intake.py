@@ -10,7 +10,7 @@ import numpy as np
 import pillow_heif
 import pytest
 from conftest import encode, textured_image
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from service.intake import (
     DEFAULT_LIMITS,
@@ -168,6 +168,27 @@ def test_display_copy_is_oriented_and_carries_no_metadata() -> None:
     assert not copy.getexif()
     assert not copy.getexif().get_ifd(_GPS_IFD)
     assert not {"exif", "xmp", "icc_profile"} & set(copy.info)
+
+
+NOTE = b"Owner: Jane Doe, lat 48.8584 lon 2.2945"
+
+
+def png_with_text(key: str) -> bytes:
+    text = PngImagePlugin.PngInfo()
+    text.add_text(key, NOTE.decode())
+    return encode(textured_image(320, 240), "PNG", pnginfo=text)
+
+
+@pytest.mark.parametrize(
+    "original",
+    [encode(textured_image(320, 240), "JPEG", comment=NOTE), png_with_text("comment")],
+    ids=["JPEG comment", "PNG text chunk"],
+)
+def test_display_copy_drops_free_text(original: bytes) -> None:
+    assert "comment" in Image.open(io.BytesIO(original)).info  # it is in the upload
+    copy = display_copy(original)
+    assert "comment" not in Image.open(io.BytesIO(copy)).info
+    assert b"Jane Doe" not in copy
 
 
 def test_display_copy_of_a_large_photo_is_bounded() -> None:

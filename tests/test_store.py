@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.store import PhotoCorrupted, PhotoNotFound, PhotoStore, is_photo_id
+from service.store import DisplayCache, PhotoCorrupted, PhotoNotFound, PhotoStore, is_photo_id
 
 
 def test_put_returns_sha256_and_get_returns_the_same_bytes(tmp_path: Path) -> None:
@@ -72,3 +72,16 @@ def test_missing_or_malformed_ids_are_not_found(tmp_path: Path, photo_id: str) -
 )
 def test_is_photo_id(candidate: str, valid: bool) -> None:
     assert is_photo_id(candidate) is valid
+
+
+def test_older_cache_versions_are_removed_and_newer_ones_kept(tmp_path: Path) -> None:
+    older, newer = (DisplayCache(tmp_path, version=version) for version in (1, 3))
+    older.put("ab" * 32, b"made by older code")
+    newer.put("ab" * 32, b"made by newer code")
+    (tmp_path / "notes").mkdir()  # not a version folder
+    current = DisplayCache(tmp_path, version=2)
+    current.put("ab" * 32, b"made by this code")
+    assert current.remove_older_versions() == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes", "v2", "v3"]
+    assert current.get("ab" * 32) == b"made by this code"
+    assert newer.get("ab" * 32) == b"made by newer code"

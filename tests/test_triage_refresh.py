@@ -42,8 +42,9 @@ from service.db import crud
 from service.db.migrate import upgrade_to_head
 from service.db.models import Claim, ClaimPhoto
 from service.db.session import make_engine, make_session_factory, transaction
+from service.intake import DISPLAY_COPY_VERSION
 from service.policy import CLAIM_REASONS, PolicyConfig, PriorityWeights
-from service.store import HeatmapCache
+from service.store import DisplayCache, HeatmapCache
 
 NOW = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
 CREATED = NOW - timedelta(days=30)  # when the test claims got their placeholder triage
@@ -320,7 +321,7 @@ def test_maintenance_is_skipped_only_when_done_for_the_same_fingerprint_since_th
     record_path = tmp_path / "start-up-maintenance.json"
     if record is not None:
         write_record(record_path, record)
-    done = StartUpMaintenance(claims_retriaged=3, heatmaps_removed=1)
+    done = StartUpMaintenance(claims_retriaged=3, heatmaps_removed=1, cache_versions_removed=0)
     calls: list[str] = []
 
     def maintain() -> StartUpMaintenance:
@@ -466,13 +467,19 @@ def test_runtimes_starting_together_maintain_once_and_a_later_start_again(
     cache.put(unservable, b"\x89PNG left behind")
     stray = cache.path_for(unservable).with_name("ab" * 32 + ".png")
     stray.write_bytes(b"\x89PNG old layout")
+    # Display copies made by older code (version 1 kept a JPEG comment of the original).
+    older_copies = DisplayCache(settings.display_dir, version=DISPLAY_COPY_VERSION - 1)
+    older_copies.put("cd" * 32, b"\xff\xd8 a copy with a comment")
     with start_ups.together(settings, settings):
         pass
     open_ids = open_claim_ids(sessions)
     assert [done for _, done in start_ups.maintenances] == [
-        StartUpMaintenance(claims_retriaged=len(open_ids), heatmaps_removed=2)
+        StartUpMaintenance(
+            claims_retriaged=len(open_ids), heatmaps_removed=2, cache_versions_removed=1
+        )
     ]
     assert not cache.path_for(unservable).exists() and not stray.exists()
+    assert not older_copies.root.exists()
     retriaged = stored(sessions, claim_ids)
     assert all(retriaged[claim_id][5] > CREATED for claim_id in open_ids)
     # A later start may run other code, and requests may have left PNGs behind: it maintains.

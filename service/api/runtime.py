@@ -177,15 +177,21 @@ class Runtime:
         return runtime
 
     def start_up_maintenance(self) -> StartUpMaintenance:
-        """Sweep the heatmap cache and re-triage every open claim with this process's policy:
-        its configuration may have changed since the last run. Committed chunk by chunk: with
-        many open claims one transaction would lock the table for all of start-up."""
+        """Sweep the heatmap cache, delete the cache folders of older versions and re-triage
+        every open claim with this process's policy: its configuration may have changed since
+        the last run. Committed chunk by chunk: with many open claims one transaction would
+        lock the table for all of start-up."""
         heatmaps_removed = self.sweep_heatmaps()
+        cache_versions_removed = sum(
+            cache.remove_older_versions() for cache in (self.display_copies, self.heatmaps)
+        )
         claims_retriaged = triage.refresh_stale_in_chunks(
             self.sessions, policy=self.policy, now=utcnow(), max_age=timedelta(0)
         )
         return StartUpMaintenance(
-            claims_retriaged=claims_retriaged, heatmaps_removed=heatmaps_removed
+            claims_retriaged=claims_retriaged,
+            heatmaps_removed=heatmaps_removed,
+            cache_versions_removed=cache_versions_removed,
         )
 
     def refresh_stale_triage(self, *, should_stop: Callable[[], bool] | None = None) -> int:

@@ -57,6 +57,7 @@ class StartUpMaintenance:
 
     claims_retriaged: int
     heatmaps_removed: int
+    cache_versions_removed: int  # folders of display copies and heatmaps made by older code
 
 
 @dataclass(frozen=True)
