@@ -29,6 +29,7 @@ recalibrated thresholds moves the lanes with it; any of them can be pinned in co
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -279,16 +280,37 @@ def _support(facts: ClaimFacts, thresholds: _Thresholds, config: PolicyConfig) -
     return _Support(None, (), thresholds.damage_high, thresholds.damage_low)
 
 
+# A reason that names another claim, for reviewers; buyers get it without the other claim's id
+# (`reasons_for_buyer`), since they may not learn which other claims exist.
+_NAMED_REUSE = re.compile(r"^(photo \d+ reuses a photo from) claim \S+$")
+
+
+def _reuse_reason(index: int, claim_id: str | None) -> str:
+    return f"photo {index} reuses a photo from " + (
+        f"claim {claim_id}" if claim_id else "another claim"
+    )
+
+
+def reasons_for_buyer(reasons: Sequence[str]) -> list[str]:
+    """`reasons` as the claim's buyer may read them: other claims are not named (a photo that
+    repeats photos of two claims is one line), everything else as it is."""
+    shown: list[str] = []
+    for reason in reasons:
+        anonymous = _NAMED_REUSE.sub(r"\1 another claim", reason)
+        if anonymous not in shown:
+            shown.append(anonymous)
+    return shown
+
+
 def _suspicion(photos: Sequence[PhotoFacts]) -> tuple[str, ...]:
     reasons: list[str] = []
     for photo in photos:
         if photo.duplicate_claims:
             reasons.extend(
-                f"photo {photo.index} reuses a photo from claim {claim_id}"
-                for claim_id in photo.duplicate_claims
+                _reuse_reason(photo.index, claim_id) for claim_id in photo.duplicate_claims
             )
         elif DUPLICATE_ACROSS_CLAIMS in photo.codes:
-            reasons.append(f"photo {photo.index} reuses a photo from another claim")
+            reasons.append(_reuse_reason(photo.index, None))
         if LISTING_REUSE in photo.codes:
             reasons.append(f"photo {photo.index} is the seller's listing photo")
     return tuple(reasons)

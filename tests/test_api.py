@@ -347,11 +347,28 @@ def test_reused_photo_from_another_claim_is_flagged_suspicious(api_server: ApiSe
     codes = [issue["code"] for issue in reused["data"][0]["issues"]]
     assert "duplicate_across_claims" in codes
     assert reused["triage"]["lane"] == "suspicious"
-    assert any(first in reason for reason in reused["triage"]["reasons"])
+    # The reviewer learns which claim; the buyer only that the photo was used elsewhere.
+    assert f"photo 1 reuses a photo from claim {first}" in reviewer_reasons(api_server, second)
+    assert "photo 1 reuses a photo from another claim" in reused["triage"]["reasons"]
+    with api_server.client(api_server.keys["other_buyer"]) as other:
+        seen_by_buyer = [
+            other.get(f"/v1/claims/{second}").json(),
+            *other.get("/v1/claims").json()["data"],
+        ]
+    buyer_reasons = [reason for claim in seen_by_buyer for reason in claim["triage"]["reasons"]]
+    assert not any(first in reason for reason in buyer_reasons)
 
 
 def issue_codes(body: dict[str, Any]) -> list[str]:
     return [issue["code"] for photo in body["data"] for issue in photo["issues"]]
+
+
+def reviewer_reasons(server: ApiServer, claim_id: str) -> list[str]:
+    """The claim's triage reasons as a reviewer reads them: other claims named."""
+    with server.client(server.keys["reviewer"]) as reviewer:
+        claim = reviewer.get(f"/v1/claims/{claim_id}")
+    assert claim.status_code == 200, claim.text
+    return claim.json()["triage"]["reasons"]
 
 
 THROUGH = ["the same process", "another process"]
@@ -432,7 +449,7 @@ def test_one_photo_uploaded_to_two_claims_at_once_is_flagged(
     body = responses["second"].json()
     assert "duplicate_across_claims" in issue_codes(body)
     assert body["triage"]["lane"] == "suspicious"
-    assert any(first in reason for reason in body["triage"]["reasons"])
+    assert any(first in reason for reason in reviewer_reasons(api_server, second))
 
 
 def test_a_photo_committed_by_another_process_is_found(api_server: ApiServer) -> None:
@@ -450,7 +467,7 @@ def test_a_photo_committed_by_another_process_is_found(api_server: ApiServer) ->
     assert "duplicate_across_claims" in [issue["code"] for issue in checked.json()["issues"]]
     assert reused.status_code == 201, reused.text
     assert "duplicate_across_claims" in issue_codes(reused.json())
-    assert any(first in reason for reason in reused.json()["triage"]["reasons"])
+    assert any(first in reason for reason in reviewer_reasons(api_server, second))
 
 
 def test_evidence_committed_long_after_its_created_at_is_indexed_by_the_next_catch_up(
@@ -577,7 +594,7 @@ def test_expired_registrations_are_ignored_and_purged(api_server: ApiServer) -> 
         found = other.post(f"/v1/claims/{third}/evidence", files=files(photo))
     assert found.status_code == 201, found.text
     assert "duplicate_across_claims" in issue_codes(found.json())
-    reasons = found.json()["triage"]["reasons"]
+    reasons = reviewer_reasons(api_server, third)
     assert any(live in reason for reason in reasons)
     assert not any(gone in reason for reason in reasons)
 
@@ -606,7 +623,7 @@ def test_a_cropped_copy_from_another_claim_is_flagged_and_named(api_server: ApiS
     assert "duplicate_across_claims" in codes[0]
     assert "duplicate_across_claims" not in codes[1]  # scored in the same run, not a copy
     assert body["triage"]["lane"] == "suspicious"
-    assert f"photo 1 reuses a photo from claim {first}" in body["triage"]["reasons"]
+    assert f"photo 1 reuses a photo from claim {first}" in reviewer_reasons(api_server, second)
     # The windows are stored: a restarted server still finds a cropped copy.
     with run_api_server(api_server.settings) as restarted:
         third = new_claim(restarted, listing_id, key=api_server.keys["other_buyer"])
@@ -615,7 +632,7 @@ def test_a_cropped_copy_from_another_claim_is_flagged_and_named(api_server: ApiS
                 f"/v1/claims/{third}/evidence", files=files(encode(cropped, "JPEG", quality=75))
             ).json()
     assert "duplicate_across_claims" in [i["code"] for i in again["data"][0]["issues"]]
-    assert any(first in reason for reason in again["triage"]["reasons"])
+    assert any(first in reason for reason in reviewer_reasons(api_server, third))
 
 
 # --- the buyer-side check -------------------------------------------------------------------
@@ -940,4 +957,4 @@ def test_a_restarted_server_rebuilds_the_duplicate_index(api_server: ApiServer) 
         with restarted.client(api_server.keys["other_buyer"]) as other:
             reused = other.post(f"/v1/claims/{second}/evidence", files=files(photo)).json()
     assert "duplicate_across_claims" in [i["code"] for i in reused["data"][0]["issues"]]
-    assert any(first in reason for reason in reused["triage"]["reasons"])
+    assert any(first in reason for reason in reviewer_reasons(api_server, second))

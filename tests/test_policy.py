@@ -13,6 +13,7 @@ from service.policy import (
     PolicyConfig,
     PriorityWeights,
     Triage,
+    reasons_for_buyer,
     triage_claim,
 )
 
@@ -143,6 +144,38 @@ def test_reasons_name_the_photo_and_the_other_claim():
     assert "damage 0.93 on photo 2" in result.reasons
     assert "photo 3 reuses a photo from claim CLM-9" in result.reasons
     assert result.lane == "suspicious"
+
+
+@pytest.mark.parametrize(
+    ("stored", "shown"),
+    [
+        (
+            ["photo 3 reuses a photo from claim CLM-9"],
+            ["photo 3 reuses a photo from another claim"],
+        ),
+        # Two claims behind one photo: one line for the buyer, nothing about how many.
+        (
+            ["photo 1 reuses a photo from claim A", "photo 1 reuses a photo from claim B"],
+            ["photo 1 reuses a photo from another claim"],
+        ),
+        (
+            ["damage 0.93 on photo 2", "photo 2 is the seller's listing photo", "escalated"],
+            ["damage 0.93 on photo 2", "photo 2 is the seller's listing photo", "escalated"],
+        ),
+        ([], []),
+    ],
+)
+def test_buyers_read_reasons_without_other_claims_ids(stored, shown):
+    assert reasons_for_buyer(stored) == shown
+
+
+def test_the_buyers_reasons_match_what_triage_writes():
+    facts = claim("damaged", photo(1, 0.2), photo(3, 0.1, dup=("CLM-9", "CLM-7")))
+    written = triage(facts).reasons
+    assert "photo 3 reuses a photo from claim CLM-9" in written
+    shown = reasons_for_buyer(written)
+    assert shown.count("photo 3 reuses a photo from another claim") == 1
+    assert not any("CLM-" in reason for reason in shown)
 
 
 def test_escalation_raises_priority_whichever_way_it_is_recorded():

@@ -7,9 +7,10 @@ from typing import Any
 
 from service.api import schemas
 from service.api.triage import deadline_of
+from service.auth import Role
 from service.db.models import AuditEvent, Claim, ClaimPhoto, Listing, ListingImage, Photo, Review
 from service.engine import ModelCard
-from service.policy import PolicyConfig
+from service.policy import PolicyConfig, reasons_for_buyer
 
 
 def photo_url(photo_id: str) -> str:
@@ -55,20 +56,22 @@ def assessment_public(row: ClaimPhoto) -> schemas.PhotoAssessmentPublic:
     )
 
 
-def triage_public(claim: Claim, policy: PolicyConfig) -> schemas.TriagePublic:
+def triage_public(claim: Claim, policy: PolicyConfig, *, viewer: str) -> schemas.TriagePublic:
+    """The claim's triage as `viewer` may see it: its buyer is not told which other claims its
+    photos repeat (reviewers and admins are)."""
     return schemas.TriagePublic(
         support=claim.support,
         sufficiency=claim.sufficiency,  # type: ignore[arg-type]  # written by the policy
         lane=claim.lane,  # type: ignore[arg-type]
         priority=claim.priority,
-        reasons=list(claim.reasons),
+        reasons=reasons_for_buyer(claim.reasons) if viewer == Role.buyer else list(claim.reasons),
         deadline=deadline_of(claim, policy),
         triaged_at=claim.triaged_at,
     )
 
 
 def claim_public(
-    claim: Claim, photos: Sequence[ClaimPhoto], policy: PolicyConfig
+    claim: Claim, photos: Sequence[ClaimPhoto], policy: PolicyConfig, *, viewer: str
 ) -> schemas.ClaimPublic:
     return schemas.ClaimPublic(
         claim_id=claim.claim_id,
@@ -87,7 +90,7 @@ def claim_public(
         escalated_at=claim.escalated_at,
         decided_at=claim.decided_at,
         photos=[assessment_public(photo) for photo in photos],
-        triage=triage_public(claim, policy),
+        triage=triage_public(claim, policy, viewer=viewer),
     )
 
 

@@ -177,7 +177,7 @@ def create_claim(
                     policy=runtime.policy,
                     now=now,
                 )
-                return views.claim_public(claim, [], runtime.policy)
+                return views.claim_public(claim, [], runtime.policy, viewer=key.role)
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its claim below.
         pass
@@ -196,7 +196,7 @@ def create_claim(
             )
         response.headers["Idempotent-Replayed"] = "true"
         photos = crud.claim_photos(session, claim_id=existing.claim_id)
-        return views.claim_public(existing, photos, runtime.policy)
+        return views.claim_public(existing, photos, runtime.policy, viewer=key.role)
 
 
 @router.get(
@@ -217,7 +217,10 @@ def list_claims(
         page = crud.list_claims(session, owner_key_id=owner, limit=limit, after=after)  # type: ignore[arg-type]
         data = [
             views.claim_public(
-                claim, crud.claim_photos(session, claim_id=claim.claim_id), runtime.policy
+                claim,
+                crud.claim_photos(session, claim_id=claim.claim_id),
+                runtime.policy,
+                viewer=key.role,
             )
             for claim in page.rows
         ]
@@ -238,7 +241,7 @@ def get_claim(
     with runtime.sessions() as session:
         claim = load_claim(session, claim_id, key)
         photos = crud.claim_photos(session, claim_id=claim_id)
-        return views.claim_public(claim, photos, runtime.policy)
+        return views.claim_public(claim, photos, runtime.policy, viewer=key.role)
 
 
 @router.post(
@@ -255,7 +258,7 @@ def escalate_claim(
         claim = load_claim(session, claim_id, key)
         escalate(session, claim, key=key, policy=runtime.policy, now=now)
         photos = crud.claim_photos(session, claim_id=claim_id)
-        return views.claim_public(claim, photos, runtime.policy)
+        return views.claim_public(claim, photos, runtime.policy, viewer=key.role)
 
 
 @router.post(

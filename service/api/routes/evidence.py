@@ -172,7 +172,7 @@ def _record_evidence(
         )
         rows = crud.claim_photos(session, claim_id=claim_id)
         uploaded = {item.photo.photo_id for item in accepted}
-        triage = views.triage_public(claim, runtime.policy)
+        triage = views.triage_public(claim, runtime.policy, viewer=key.role)
     return rows, uploaded, triage
 
 

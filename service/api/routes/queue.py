@@ -38,7 +38,6 @@ def review_queue(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> schemas.ClaimsPublic:
-    del key
     after = decode_cursor(cursor, shape=(int, datetime, str)) if cursor else None
     now = utcnow()
     # A safety net only: the background refresher keeps triage younger than this, so normally
@@ -58,7 +57,10 @@ def review_queue(
         )
         data = [
             views.claim_public(
-                claim, crud.claim_photos(session, claim_id=claim.claim_id), runtime.policy
+                claim,
+                crud.claim_photos(session, claim_id=claim.claim_id),
+                runtime.policy,
+                viewer=key.role,
             )
             for claim in page.rows
         ]
