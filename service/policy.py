@@ -12,10 +12,13 @@ The rules, in the order they are applied (design.md section 3):
 - `support`: damaged / defective -> the highest damage of a usable photo; wrong item / not as
   described -> the highest mismatch combined with damage as a secondary signal
   (1 - (1 - mismatch) * (1 - weight * damage)), None when the listing has no images to compare
-  with; missing parts -> None: the model cannot see what is absent, a human decides.
+  with; missing parts -> None: the model cannot see what is absent, a human decides. No reason
+  given (a historical record in a batch manifest) -> None: nothing to support.
 - `lane`: suspicious when a photo reuses a listing image or another claim's photo (even a blocked
   one); needs_more_evidence when insufficient; needs_review for missing parts or unknown support;
-  fast_track when support reaches the high threshold and sufficiency is ok; needs_more_evidence
+  fast_track when support reaches the high threshold, sufficiency is ok and, for damage, the
+  photo that shows it is not flagged as another item than the listed one (its mismatch below the
+  high threshold: a photo of some other broken item supports nothing); needs_more_evidence
   when the evidence is weak and support below the low threshold; needs_review otherwise.
 - `priority` (0-100): a sum of weighted parts (deadline urgency, escalation, support, suspicion,
   human check, insufficient evidence), clamped and rounded, every part with a reason; closed claims
@@ -43,6 +46,9 @@ DAMAGE_REASONS = ("damaged", "defective")
 MISMATCH_REASONS = ("wrong_item", "not_as_described")
 MISSING_PARTS = "missing_parts"
 CLAIM_REASONS = (*DAMAGE_REASONS, *MISMATCH_REASONS, MISSING_PARTS)
+# A claim whose reason is not known (batch manifests make the column optional): triaged on its
+# evidence alone, never fast-tracked.
+UNSPECIFIED_REASON = ""
 LISTING_REUSE = "listing_photo_reuse"
 DUPLICATE_ACROSS_CLAIMS = "duplicate_across_claims"
 
@@ -169,11 +175,13 @@ class _Support:
     reasons: tuple[str, ...]
     high: float
     low: float
+    # The supporting photo is flagged as another item than the listed one: never fast-track.
+    off_listing: bool = False
 
 
 def triage_claim(facts: ClaimFacts, *, config: PolicyConfig, now: datetime) -> Triage:
     """Support, sufficiency, lane, priority and reasons for one claim at time `now`."""
-    if facts.reason not in CLAIM_REASONS:
+    if facts.reason not in (*CLAIM_REASONS, UNSPECIFIED_REASON):
         raise ValueError(f"unknown claim reason {facts.reason!r}; expected one of {CLAIM_REASONS}")
     thresholds = _thresholds(config)
     deadline = facts.opened_at + timedelta(days=config.deadline_days)
@@ -257,11 +265,18 @@ def _support(facts: ClaimFacts, thresholds: _Thresholds, config: PolicyConfig) -
             return _Support(None, (), thresholds.damage_high, thresholds.damage_low)
         best = max(usable, key=lambda photo: photo.damage or 0.0)
         damage = best.damage or 0.0
+        off_listing = best.mismatch is not None and best.mismatch >= thresholds.mismatch_high
         return _Support(
             damage,
-            (f"damage {damage:.2f} on photo {best.index}",),
+            (f"damage {damage:.2f} on photo {best.index}",)
+            + (
+                (f"photo {best.index} may not show the listed item (mismatch {best.mismatch:.2f})",)
+                if off_listing
+                else ()
+            ),
             thresholds.damage_high,
             thresholds.damage_low,
+            off_listing=off_listing,
         )
     if facts.reason in MISMATCH_REASONS:
         compared = [photo for photo in usable if photo.mismatch is not None]
@@ -277,7 +292,10 @@ def _support(facts: ClaimFacts, thresholds: _Thresholds, config: PolicyConfig) -
         if damage >= thresholds.damage_low and config.secondary_damage_weight > 0:
             reasons.append(f"damage {damage:.2f} on photo {most_damaged.index}")
         return _Support(support, tuple(reasons), thresholds.mismatch_high, thresholds.mismatch_low)
-    return _Support(None, (), thresholds.damage_high, thresholds.damage_low)
+    reasons = (
+        ("no claim reason given: support not judged",) if facts.reason == UNSPECIFIED_REASON else ()
+    )
+    return _Support(None, reasons, thresholds.damage_high, thresholds.damage_low)
 
 
 # A reason that names another claim, for reviewers; buyers get it without the other claim's id
@@ -325,7 +343,7 @@ def _lane(facts: ClaimFacts, sufficiency: Sufficiency, support: _Support, suspic
         return "needs_more_evidence"
     if facts.reason == MISSING_PARTS or support.value is None:
         return "needs_review"
-    if support.value >= support.high and sufficiency == "ok":
+    if support.value >= support.high and sufficiency == "ok" and not support.off_listing:
         return "fast_track"
     if sufficiency == "weak" and support.value < support.low:
         return "needs_more_evidence"

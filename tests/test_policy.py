@@ -51,6 +51,10 @@ def triage(facts: ClaimFacts, config: PolicyConfig = CONFIG) -> Triage:
         (claim("defective", photo(1, 0.2), photo(2, 0.9)), 0.9, "ok", "fast_track"),
         (claim("damaged", photo(1, 0.5)), 0.5, "ok", "needs_review"),
         (claim("damaged", photo(1, 0.1)), 0.1, "ok", "needs_review"),
+        # damage on a photo the model takes for another item: a human looks, no fast track
+        (claim("damaged", photo(1, 0.95, 0.9)), 0.95, "ok", "needs_review"),
+        (claim("damaged", photo(1, 0.95, 0.5)), 0.95, "ok", "fast_track"),
+        (claim("damaged", photo(1, 0.95, 0.1), photo(2, 0.5, 0.99)), 0.95, "ok", "fast_track"),
         # a blocked photo does not count, even with a high damage score
         (
             claim("damaged", photo(1, 0.99, None, DARK_BLOCKER), photo(2, 0.4)),
@@ -81,6 +85,10 @@ def triage(facts: ClaimFacts, config: PolicyConfig = CONFIG) -> Triage:
         (claim("missing_parts", photo(1, 0.99), photo(2, 0.99)), None, "ok", "needs_review"),
         (claim("missing_parts", photo(1, 0.1)), None, "weak", "needs_review"),
         (claim("missing_parts"), None, "insufficient", "needs_more_evidence"),
+        # no reason given (batch manifests): judged on the evidence alone, never fast-tracked
+        (claim("", photo(1, 0.99, 0.99)), None, "ok", "needs_review"),
+        (claim(""), None, "insufficient", "needs_more_evidence"),
+        (claim("", photo(1, 0.5, dup=("c-3",))), None, "ok", "suspicious"),
         # reuse makes a claim suspicious whatever its scores
         (
             claim("damaged", photo(1, 0.99, None, LISTING_REUSE), photo(2, 0.99)),
@@ -222,6 +230,12 @@ def test_thresholds_come_from_the_card_unless_pinned():
     assert triage(claim("damaged", photo(1, 0.95)), pinned).lane == "needs_review"
     with pytest.raises(ValueError, match="for_card"):
         triage(claim("damaged", photo(1, 0.95)), PolicyConfig())
+
+
+def test_the_reasons_say_why_a_damage_claim_is_not_fast_tracked_or_not_supported():
+    off_listing = triage(claim("damaged", photo(1, 0.95), photo(2, 0.97, 0.92)))
+    assert "photo 2 may not show the listed item (mismatch 0.92)" in off_listing.reasons
+    assert "no claim reason given: support not judged" in triage(claim("", photo(1))).reasons
 
 
 def test_unknown_reason_is_refused():
