@@ -25,7 +25,9 @@ from service.quality import (
     decide,
     exposure,
     load_thresholds,
+    measure,
     outline,
+    padding_box,
     quality_issues,
     rejection_issue,
     sharpness,
@@ -219,6 +221,54 @@ def test_an_outline_keeps_a_white_item_on_white_from_low_detail(
     grey = analysis_grey(photo.image)
     assert coarse_detail(grey) < DEFAULT_THRESHOLDS.low_detail  # both are nearly uniform
     assert [issue.code for issue in quality_issues(photo)] == expected
+
+
+def on_canvas(picture: np.ndarray, canvas: tuple[int, int], level: float) -> np.ndarray:
+    """`picture` centred on a flat canvas of `level`."""
+    frame = np.full(canvas, level, dtype=np.float32)
+    top, left = (canvas[0] - picture.shape[0]) // 2, (canvas[1] - picture.shape[1]) // 2
+    frame[top : top + picture.shape[0], left : left + picture.shape[1]] = picture
+    return frame
+
+
+SCENE = np.asarray(analysis_grey(textured_image(160, 120, seed=3)))  # 160 x 120, no flat edge
+
+
+@pytest.mark.parametrize(
+    ("grey", "expected"),
+    [
+        (SCENE, (0.0, 0.0, 1.0, 1.0)),
+        # 20 lines of band each side, and the seam line with them
+        (on_canvas(SCENE, (160, 160), 255.0), (0.0, 21 / 160, 1.0, 139 / 160)),  # letterbox
+        (on_canvas(SCENE, (120, 200), 0.0), (21 / 200, 0.0, 179 / 200, 1.0)),  # pillarbox
+        # An item on white whose outline meets the edge of the white only in part: not padding.
+        (
+            on_canvas(
+                np.pad(SCENE[:, 40:120], ((0, 0), (40, 40)), constant_values=255), (160, 160), 255.0
+            ),
+            (0.0, 0.0, 1.0, 1.0),
+        ),
+        # Bands that would leave under a quarter of a side are not cut.
+        (on_canvas(SCENE[:20], (160, 160), 255.0), (0.0, 0.0, 1.0, 1.0)),
+    ],
+    ids=["no bands", "white letterbox", "black pillarbox", "item on white", "mostly band"],
+)
+def test_padding_box_known_values(grey: np.ndarray, expected: tuple[float, ...]) -> None:
+    assert padding_box(grey) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0)], ids=["white", "black"])
+def test_a_padded_photo_is_measured_as_its_picture(colour: tuple[int, int, int]) -> None:
+    picture = textured_image(400, 300, seed=4)
+    screenshot = Image.new("RGB", (400, 866), colour)  # a phone screenshot's blank margins
+    screenshot.paste(picture, (0, 283))
+    plain = measure(open_photo(encode(picture, "PNG")))
+    padded = measure(open_photo(encode(screenshot, "PNG")))
+    # The picture had 207 x 155 pixels of the screenshot's working copy against 256 x 192 alone.
+    assert padded.sharpness == pytest.approx(plain.sharpness, abs=0.1)
+    assert padded.exposure.washed_out == pytest.approx(plain.exposure.washed_out, abs=0.01)
+    assert padded.detail == pytest.approx(plain.detail, rel=0.05)
+    assert quality_issues(open_photo(encode(screenshot, "PNG"))) == []
 
 
 def test_coarse_detail_ignores_fine_noise_and_exposure() -> None:
