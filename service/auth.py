@@ -22,6 +22,12 @@ class Role(enum.StrEnum):
     admin = "admin"
 
 
+def with_article(role: str) -> str:
+    """'a buyer', 'an admin', 'a reviewer or admin': a role phrase with its indefinite article,
+    for messages."""
+    return f"{'an' if role[:1] in 'aeiou' else 'a'} {role}"
+
+
 def generate_key() -> str:
     """A new API key: a recognisable prefix (secret scanners look for it) and 43 random chars."""
     return KEY_PREFIX + secrets.token_urlsafe(32)

@@ -18,7 +18,7 @@ from service.policy import PolicyConfig
 
 
 class UploadLimits(BaseModel):
-    """Caps on what one request may upload; enforced while the body streams in."""
+    """Caps on what one request may send; enforced while the body streams in."""
 
     max_upload_bytes: PositiveInt = Field(
         default=25 * 1024 * 1024, description="Largest accepted photo file, in bytes."
@@ -29,6 +29,11 @@ class UploadLimits(BaseModel):
     max_pixels: PositiveInt = Field(
         default=64_000_000,
         description="Largest accepted image (width x height), read from its header.",
+    )
+    max_json_bytes: PositiveInt = Field(
+        default=1024 * 1024,
+        description="Largest accepted request body other than a multipart photo upload (the "
+        "JSON requests), in bytes.",
     )
 
     def intake_limits(self) -> IntakeLimits:

@@ -45,7 +45,9 @@ _ORIENTATION_TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+_HEVC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"}
+_HEIF_BRANDS = _HEVC_BRANDS | {b"mif1", b"msf1"}  # the last two: any HEIF codec
+_AVIF_BRANDS = {b"avif", b"avis"}  # AV1 still image, image sequence
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,20 @@ def sniff_format(head: bytes) -> str | None:
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
     if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
-        return "HEIF"
+        return None if _is_avif(head) else "HEIF"
     return None
+
+
+def _is_avif(head: bytes) -> bool:
+    """Whether an ISO-BMFF `ftyp` box (its brands within `head`) announces AVIF: by its major
+    brand, or by a compatible AVIF brand next to a codec-neutral major brand (mif1) and no HEVC
+    brand. pillow-heif decodes HEVC only, so such a file is refused, not found corrupt."""
+    if len(head) < 12 or head[4:8] != b"ftyp":
+        return False
+    box_end = min(int.from_bytes(head[:4], "big"), len(head))
+    # Major brand at 8, minor version at 12, compatible brands from 16 to the box's end.
+    brands = {head[8:12]} | {head[start : start + 4] for start in range(16, box_end - 3, 4)}
+    return head[8:12] in _AVIF_BRANDS or (bool(brands & _AVIF_BRANDS) and not brands & _HEVC_BRANDS)
 
 
 def _describe_unsupported(head: bytes) -> str:
@@ -124,6 +138,16 @@ def _describe_unsupported(head: bytes) -> str:
 
 
 def _reject_unsupported(head: bytes) -> PhotoRejected:
+    if _is_avif(head):
+        # Not "a video or an unsupported HEIF variant" with a tip about screenshots: an AVIF is
+        # an ordinary photo (some phones and browsers save them) in a format we do not read.
+        return PhotoRejected(
+            "unsupported_format",
+            "This file is an AVIF image; AVIF is not supported. Send the photo as JPEG, PNG, "
+            "WebP or HEIC.",
+            "Share or export the photo from your gallery or photo app as JPEG (most offer it), "
+            "or set the camera to save JPEG or HEIC.",
+        )
     return PhotoRejected(
         "unsupported_format",
         f"This file is {_describe_unsupported(head)}. We accept JPEG, PNG, WebP and HEIC photos.",

@@ -31,7 +31,9 @@ from service.db.session import make_engine, make_session_factory, transaction
 
 POSTGRES_ENV = "TRIAGE_TEST_POSTGRES_URL"
 # Small caps so that "too large" and "too many" are cheap to provoke in tests.
-TEST_LIMITS = UploadLimits(max_upload_bytes=400_000, max_files_per_request=4, max_pixels=4_000_000)
+TEST_LIMITS = UploadLimits(
+    max_upload_bytes=400_000, max_files_per_request=4, max_pixels=4_000_000, max_json_bytes=64_000
+)
 
 
 def reset_postgres(url: str) -> None:

@@ -8,7 +8,9 @@ design.md section 5 answered by a 4xx problem document with nothing already stor
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
+import json
 import struct
 import threading
 import uuid
@@ -27,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.api.runtime import pending_evidence_ttl
+from service.auth import Role
 from service.db import crud
 from service.db.models import PendingEvidence
 from service.db.session import make_engine, make_session_factory, transaction
@@ -732,6 +735,15 @@ def test_roles_are_enforced(api_server: ApiServer, role: str, method: str, path:
     assert_problem(response, 403, "forbidden_role")
 
 
+def test_role_refusals_name_both_roles_with_the_right_article(api_server: ApiServer) -> None:
+    with api_server.client(api_server.keys["admin"]) as admin:
+        body = assert_problem(admin.get("/v1/queue"), 403, "forbidden_role")
+    assert body["detail"] == "This action needs a reviewer key; yours is an admin key."
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        body = assert_problem(buyer.post("/v1/listings", json={}), 403, "forbidden_role")
+    assert body["detail"] == "This action needs an admin key; yours is a buyer key."
+
+
 def test_buyers_see_only_their_own_claims(api_server: ApiServer) -> None:
     listing_id = new_listing(api_server)
     claim_id = new_claim(api_server, listing_id)
@@ -768,6 +780,18 @@ def test_missing_or_wrong_keys_get_401(
 
 
 # --- bad input: 4xx problem documents, nothing stored changes ---------------------------------
+
+
+def multipart_cut_short(*, after_first_part: bool) -> bytes:
+    """A photo upload (boundary `xyz`) that ends before its closing boundary: inside the file
+    part, or once the file part is whole and the next one has begun."""
+    body = (
+        b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + plain_jpeg(seed=111)
+    )
+    if after_first_part:
+        body += b'\r\n--xyz\r\nContent-Disposition: form-data; name="files"'
+    return body
 
 
 def truncated_jpeg() -> bytes:
@@ -873,8 +897,26 @@ def test_bad_uploads_are_refused_and_change_nothing(
                 content=b"--xyz\r\nbroken",
                 headers={"Content-Type": "multipart/form-data; boundary=xyz"},
             ),
-            None,
-            None,
+            400,
+            "malformed_multipart",
+        ),
+        (
+            lambda c, cid: c.post(
+                f"/v1/claims/{cid}/evidence",
+                content=multipart_cut_short(after_first_part=False),
+                headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+            ),
+            400,
+            "malformed_multipart",
+        ),
+        (
+            lambda c, cid: c.post(
+                f"/v1/claims/{cid}/evidence",
+                content=multipart_cut_short(after_first_part=True),
+                headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+            ),
+            400,
+            "malformed_multipart",
         ),
         (
             lambda c, cid: c.post(
@@ -920,6 +962,68 @@ def test_bad_requests_get_problem_documents(
     assert_problem(response, status or response.status_code, code)
     assert 400 <= response.status_code < 500
     assert snapshot(api_server, claim_with_evidence) == before
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_json_body_over_the_cap_is_refused_and_stores_nothing(
+    api_server: ApiServer, framing: str
+) -> None:
+    listing_id = new_listing(api_server)
+    buyer_key = api_server.create_key(Role.buyer, "json cap")
+    # Whitespace may follow a JSON value, so these are valid claims, one byte apart.
+    claim = json.dumps(claim_body(listing_id)).encode()
+    at_cap = claim.ljust(TEST_LIMITS.max_json_bytes)
+    over_cap = at_cap + b" "
+
+    def framed(body: bytes) -> bytes | Iterator[bytes]:
+        if framing == "content-length":
+            return body
+        return iter([body[start : start + 16_384] for start in range(0, len(body), 16_384)])
+
+    with api_server.client(buyer_key) as buyer:
+        refused = buyer.post(
+            "/v1/claims",
+            content=framed(over_cap),
+            headers={"Content-Type": "application/json", "Idempotency-Key": uuid.uuid4().hex},
+        )
+        body = assert_problem(refused, 413, "payload_too_large")
+        assert f"{TEST_LIMITS.max_json_bytes:,} bytes" in body["detail"]
+        assert buyer.get("/v1/claims").json()["count"] == 0
+        accepted = buyer.post(
+            "/v1/claims",
+            content=framed(at_cap),
+            headers={"Content-Type": "application/json", "Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert accepted.status_code == 201, accepted.text
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_oversized_json_body_is_refused_before_it_has_all_arrived(
+    api_server: ApiServer, framing: str
+) -> None:
+    """Only part of the body is ever sent, so an answer proves the cap did not wait for it."""
+    url = httpx.URL(api_server.base_url)
+    connection = http.client.HTTPConnection(url.host, url.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/v1/claims")
+        connection.putheader("Authorization", f"Bearer {api_server.keys['buyer']}")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Idempotency-Key", uuid.uuid4().hex)
+        if framing == "content-length":
+            connection.putheader("Content-Length", str(500_000_000))
+            connection.endheaders()
+        else:
+            connection.putheader("Transfer-Encoding", "chunked")
+            connection.endheaders()
+            chunk = b" " * 16_000
+            for _ in range(TEST_LIMITS.max_json_bytes // len(chunk) + 1):
+                connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        response = connection.getresponse()
+        assert response.status == 413
+        assert response.getheader("content-type", "").startswith(PROBLEM)
+        assert json.loads(response.read())["code"] == "payload_too_large"
+    finally:
+        connection.close()
 
 
 def test_reviews_validate_labels_and_amounts(

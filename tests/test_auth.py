@@ -55,3 +55,11 @@ def test_looks_like_key(candidate: str, ok: bool) -> None:
 
 def test_roles_are_the_three_of_the_design() -> None:
     assert {role.value for role in auth.Role} == {"buyer", "reviewer", "admin"}
+
+
+@pytest.mark.parametrize(
+    ("role", "phrase"),
+    [("admin", "an admin"), ("buyer", "a buyer"), ("admin or reviewer", "an admin or reviewer")],
+)
+def test_roles_take_the_right_article(role: str, phrase: str) -> None:
+    assert auth.with_article(role) == phrase

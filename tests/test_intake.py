@@ -295,6 +295,41 @@ def test_other_image_formats_are_unsupported_and_named(fmt: str) -> None:
     assert fmt in error.message
 
 
+def iso_bmff(major: bytes, *compatible: bytes) -> bytes:
+    """The start of an ISO-BMFF file (HEIF, AVIF, MP4): its `ftyp` box, then a box of padding."""
+    ftyp = b"ftyp" + major + b"\x00\x00\x00\x00" + b"".join(compatible)
+    return struct.pack(">I", 4 + len(ftyp)) + ftyp + struct.pack(">I", 72) + b"free" + bytes(64)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        iso_bmff(b"avif", b"avif", b"mif1", b"miaf", b"MA1B"),  # as libavif (Pillow) writes it
+        iso_bmff(b"avis", b"avis", b"msf1", b"miaf"),  # an AVIF image sequence
+        # A codec-neutral major brand: sniffed as HEIF before, then "corrupt" (no AV1 decoder).
+        iso_bmff(b"mif1", b"mif1", b"avif", b"miaf"),
+    ],
+    ids=["avif", "avis", "mif1-avif"],
+)
+def test_avif_is_refused_as_plainly_unsupported(data: bytes) -> None:
+    error = rejection(data)
+    assert error.code == "unsupported_format"
+    assert error.message == (
+        "This file is an AVIF image; AVIF is not supported. Send the photo as JPEG, PNG, WebP "
+        "or HEIC."
+    )
+    assert "screenshot" not in error.tip and "animation" not in error.tip
+
+
+@pytest.mark.parametrize(
+    "data", [iso_bmff(b"isom", b"isom", b"mp41"), iso_bmff(b"qt  ", b"qt  ")], ids=["mp4", "mov"]
+)
+def test_other_iso_bmff_files_are_still_named_as_videos(data: bytes) -> None:
+    error = rejection(data)
+    assert error.code == "unsupported_format"
+    assert "a video or an unsupported HEIF variant" in error.message
+
+
 def test_empty_file_is_corrupt() -> None:
     error = rejection(b"")
     assert error.code == "corrupt"

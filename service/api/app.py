@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import service
+from service.api.body_cap import BodyCapMiddleware
 from service.api.logs import RequestIdMiddleware, configure_logging
 from service.api.metrics import MetricsMiddleware
 from service.api.problems import install_problem_handlers
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def home() -> RedirectResponse:
             return RedirectResponse("/review/")
 
+    app.add_middleware(BodyCapMiddleware, max_bytes=settings.limits.max_json_bytes)
     app.add_middleware(_LateMetrics, owner=app)
     app.add_middleware(RequestIdMiddleware)
     return app

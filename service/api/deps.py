@@ -76,7 +76,8 @@ def require_role(*roles: auth.Role):
                 403,
                 "forbidden_role",
                 "Not allowed for this role",
-                f"This action needs a {names} key; yours is a {key.role} key.",
+                f"This action needs {auth.with_article(names)} key; "
+                f"yours is {auth.with_article(key.role)} key.",
             )
         return key
 

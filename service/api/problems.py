@@ -84,7 +84,7 @@ _STATUS_CODES = {
     403: ("forbidden", "Not allowed"),
     404: ("not_found", "Not found"),
     405: ("method_not_allowed", "Method not allowed"),
-    413: ("payload_too_large", "Upload too large"),
+    413: ("payload_too_large", "Request too large"),
     415: ("unsupported_media_type", "Unsupported media type"),
 }
 

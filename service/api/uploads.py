@@ -4,7 +4,9 @@ FastAPI's `UploadFile` would spool the whole body to disk before the route could
 a 5 GB upload would be received in full just to be refused. This reader parses the stream itself
 (python-multipart, the parser Starlette uses) and stops at the first byte over a file's cap or at
 the first file over the per-request count. A Content-Length that cannot fit is refused before any
-byte is read.
+byte is read. A body that ends before its closing boundary (cut off in transit) is refused as
+broken, even when its first parts were whole, so a partial upload is never taken for a complete
+one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from service.api.body_cap import use_own_body_caps
 from service.api.problems import ProblemError
 
 MAX_FIELD_BYTES = 1024
@@ -64,6 +67,8 @@ class _Collector:
         self._filename: str | None = None
         self._is_file = False
         self._buffer = bytearray()
+        # Set by the closing boundary: python-multipart's finalize() accepts a body cut short.
+        self.complete = False
 
     def on_part_begin(self) -> None:
         self._headers = {}
@@ -123,6 +128,9 @@ class _Collector:
         else:
             self.body.fields[self._name] = self._buffer.decode("utf-8", "replace")
 
+    def on_end(self) -> None:
+        self.complete = True
+
     def callbacks(self) -> dict[str, object]:
         return {
             "on_part_begin": self.on_part_begin,
@@ -132,6 +140,7 @@ class _Collector:
             "on_header_value": self.on_header_value,
             "on_header_end": self.on_header_end,
             "on_headers_finished": self.on_headers_finished,
+            "on_end": self.on_end,
         }
 
 
@@ -161,6 +170,7 @@ async def read_multipart(
         file_field=file_field, max_files=max_files, max_file_bytes=max_file_bytes
     )
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    use_own_body_caps(request)
     received = 0
     try:
         async for chunk in request.stream():
@@ -173,6 +183,14 @@ async def read_multipart(
         raise ProblemError(
             400, "malformed_multipart", "Malformed upload", f"The multipart body is broken: {error}"
         ) from None
+    if not collector.complete:
+        raise ProblemError(
+            400,
+            "malformed_multipart",
+            "Malformed upload",
+            "The multipart body ends before its closing boundary: the upload was cut off. "
+            "Send it again.",
+        )
     if not collector.body.files:
         raise ProblemError(
             422,

@@ -81,6 +81,34 @@ def find_active_key(session: Session, *, key: str) -> ApiKey | None:
     return row
 
 
+def list_api_keys(session: Session) -> list[ApiKey]:
+    """Every key, revoked ones included, oldest first."""
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.key_id)))
+
+
+def api_keys_with_prefix(session: Session, *, display_prefix: str) -> list[ApiKey]:
+    """The keys shown with this prefix (normally one: six random characters follow `trk_`)."""
+    return list(
+        session.scalars(
+            select(ApiKey)
+            .where(ApiKey.display_prefix == display_prefix)
+            .order_by(ApiKey.created_at, ApiKey.key_id)
+        )
+    )
+
+
+def revoke_api_key(session: Session, *, key: ApiKey, now: datetime) -> None:
+    """From the next request on the key is refused (`find_active_key` reads it every time)."""
+    key.revoked_at = now
+    record_audit(
+        session,
+        actor=SYSTEM,
+        action="key_revoked",
+        detail={"key_id": key.key_id, "role": key.role, "name": key.name},
+        now=now,
+    )
+
+
 def count_keys(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(ApiKey)) or 0
 
