@@ -461,6 +461,28 @@ def test_cli_batch(engine, images_root: Path, tmp_path: Path, monkeypatch: pytes
     assert bad.exit_code == 2
 
 
+def test_cli_batch_refuses_an_unknown_output_extension(engine, images_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIAGE_MODEL_DIR", str(engine.model_dir))
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])
+    args = ["batch", str(manifest), "--images-root", str(images_root)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o.txt")])
+    assert result.exit_code == 2 and "unknown table format '.txt'" in result.output
+
+
+def test_cli_batch_interrupted_says_how_to_go_on(engine, images_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIAGE_MODEL_DIR", str(engine.model_dir))
+
+    def interrupted(self: BatchJob) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BatchJob, "run", interrupted)
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])
+    args = ["batch", str(manifest), "--images-root", str(images_root), "--out", "o.parquet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130
+    assert "interrupted: rerun with --resume to continue" in result.output
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("ray") is None,
     reason="ray is an optional extra (pip install '.[ray]'); without it the Ray engine is untested",
