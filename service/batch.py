@@ -1,22 +1,37 @@
 """The batch job behind `triage batch`: score thousands of historical claim photos, resumably.
 
 Manifest (CSV, JSONL or Parquet, by extension): one row per photo with `claim_id`, `photo` (a
-path under the images root), optional `listing_images` (paths separated by ';'), `reason`,
-`opened_at`, `status`, `escalated`, and any other columns, which are passed through.
+path under the images root), optional `listing_images` (paths separated by ';', or a list of
+paths in JSONL and Parquet), `reason`, `opened_at`, `status`, `escalated`, and any other
+columns, which are passed through unchanged (a CSV is read as text throughout, so an `order_ref`
+of "000038" stays "000038"). A known column of a type the job cannot read is a ManifestError.
 
-Output (Parquet by default, CSV or JSONL by extension): the input columns plus `damage`,
-`mismatch`, `match_similarity`, `quality_codes` (';'-separated, like `listing_images`),
-`model_version` and `error`, one row per manifest row in manifest order; a photo that cannot be
-read or scored gets an `error` and never stops the run. Beside it, `<out>.claims.<ext>`: one row
-per claim with the triage policy's support, sufficiency, lane, priority and reasons.
+Output (Parquet by default, also when OUT has no extension; CSV or JSONL by extension): the input
+columns plus `damage`, `mismatch`, `match_similarity`, `quality_codes` (';'-separated, like
+`listing_images`), `model_version`, `error` (the photo itself could not be read or scored) and
+`listing_errors` (listing images of the row that could not be read, "path: problem; ..."), one
+row per manifest row in manifest order; a bad photo or listing image never stops the run. CSV
+writes nested pass-through values as JSON text, JSONL writes times as ISO 8601. Beside it,
+`<out>.claims.<ext>` (`<out>.claims` when OUT has no extension), in the same format: one row per
+claim with the triage policy's support, sufficiency, lane, priority and reasons. A claim's photos
+are counted by content, as in the API: the same photo listed twice is one photo ("photo N" in a
+reason is still the claim's Nth manifest row).
 
-Resuming: results are written as they are made, a chunk of rows at a time, into parts under
+Resuming: results are written as they are made, a chunk at a time, into parts under
 `<out>.parts/` (each part written to a temporary name and renamed, so a killed run leaves only
-whole parts). `--resume` skips the manifest rows the parts already hold; the final files are
-assembled from the parts at the end. Duplicate detection across claims runs in manifest order
-with the API's duplicate index and look-up (`service.checks.find_duplicates`, each photo stored
-under its crop windows), and is rebuilt from the parts on resume, so a resumed run finds the same
-duplicates as an uninterrupted one.
+whole parts). Each saved result carries the fingerprint of what it was scored from (the photo
+path and the listing image paths) and the model version. `--resume` reuses a saved result for
+every manifest row with the same fingerprint, scored by the same model, wherever the row is now,
+and scores the rest: re-sorting the manifest costs nothing, fixing a photo path rescores just
+that row, removed rows are ignored and added rows are scored. Duplicates across claims and the
+claim file depend on the whole manifest and its order, so they are never saved: they are worked
+out from all the rows when the output is assembled, and a resumed run writes what a fresh run of
+the same manifest would. (Rescoring the changed rows rather than refusing the resume keeps an
+analyst's hours of scoring when a manifest is corrected.) The files under the images root are
+trusted not to change between the runs.
+
+Duplicate detection across claims runs in manifest order with the API's duplicate index and
+look-up (`service.checks.find_duplicates`, each photo stored under its crop windows).
 
 Engines: `local` decodes the next photos in a background thread while the model scores the
 current one (both cores busy, one onnxruntime session); `ray` (the optional `ray` extra) runs the
@@ -26,15 +41,17 @@ duplicate pass and the writing to the driver.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import uuid
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
+from functools import cached_property
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -59,27 +76,12 @@ from service.policy import ClaimFacts, PhotoFacts, PolicyConfig, triage_claim
 
 Engine = Literal["local", "ray"]
 REQUIRED_COLUMNS = ("claim_id", "photo")
-SCORE_COLUMNS = (
-    "damage",
-    "mismatch",
-    "match_similarity",
-    "quality_codes",
-    "model_version",
-    "error",
-)
-# Kept in the parts for resuming and for the claim file, dropped from the final output.
-ROW = "_row"
-PHOTO_ID = "_photo_id"
-WINDOW_HASHES = "_window_hashes"
-ISSUES = "_issues"
-DUPLICATE_CLAIMS = "_duplicate_claims"
-INTERNAL_COLUMNS = (ROW, PHOTO_ID, WINDOW_HASHES, ISSUES, DUPLICATE_CLAIMS)
-TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-DEFAULT_CHUNK_ROWS = 128
-PREFETCH_PHOTOS = 4  # photos decoded ahead of the model
-LISTING_CACHE_SIZE = 512  # decoded listing photos kept; their embeddings are cached separately
-
-PART_SCHEMA = pa.schema(
+# Known columns read as text whatever type the manifest gives them (ids may be numbers).
+TEXT_COLUMNS = ("claim_id", "photo", "reason", "status")
+LISTING_IMAGES = "listing_images"
+# The model's results for a row, as saved in the parts and written to the output.
+MODEL_FIELDS = ("damage", "mismatch", "match_similarity", "model_version", "error")
+OUTPUT_SCHEMA = pa.schema(
     [
         ("damage", pa.float64()),
         ("mismatch", pa.float64()),
@@ -87,11 +89,36 @@ PART_SCHEMA = pa.schema(
         ("quality_codes", pa.string()),
         ("model_version", pa.string()),
         ("error", pa.string()),
-        (ROW, pa.int64()),
+        ("listing_errors", pa.string()),
+    ]
+)
+SCORE_COLUMNS = tuple(OUTPUT_SCHEMA.names)
+# Kept in the parts for resuming, never in the output.
+FINGERPRINT = "_fingerprint"
+PHOTO_ID = "_photo_id"
+WINDOW_HASHES = "_window_hashes"
+ISSUES = "_issues"  # the photo's own findings, without duplicates across claims
+LISTING_PROBLEMS = "_listing_problems"
+TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+DEFAULT_CHUNK_ROWS = 128
+PREFETCH_PHOTOS = 4  # photos decoded ahead of the model
+LISTING_CACHE_SIZE = 512  # decoded listing photos kept; their embeddings are cached separately
+# service.policy's reason when no usable photo could be compared with a listing image; the claim
+# file says instead that the listing images could not be read, when that is why.
+NO_LISTING_REASON = "listing has no images to compare with"
+
+PART_SCHEMA = pa.schema(
+    [
+        (FINGERPRINT, pa.string()),
+        ("damage", pa.float64()),
+        ("mismatch", pa.float64()),
+        ("match_similarity", pa.float64()),
+        ("model_version", pa.string()),
+        ("error", pa.string()),
         (PHOTO_ID, pa.string()),
         (WINDOW_HASHES, pa.string()),
         (ISSUES, pa.string()),
-        (DUPLICATE_CLAIMS, pa.string()),
+        (LISTING_PROBLEMS, pa.string()),
     ]
 )
 
@@ -113,7 +140,8 @@ CLAIM_SCHEMA = pa.schema(
 
 
 class ManifestError(ValueError):
-    """The manifest cannot be used: unknown format, unreadable, or a required column missing."""
+    """The job cannot start: the manifest is unusable (unknown format, unreadable, a required
+    column missing or a known one of the wrong type), or so is the output path or its parts."""
 
 
 # --- tables in and out -----------------------------------------------------------------------
@@ -128,54 +156,147 @@ def table_format(path: Path) -> str:
         ) from None
 
 
+def output_format(path: Path) -> str:
+    """An output's format by extension; no extension is Parquet, the contract's default."""
+    return "parquet" if not path.suffix else table_format(path)
+
+
+def _is_list(column_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_list(column_type)
+        or pa.types.is_large_list(column_type)
+        or pa.types.is_fixed_size_list(column_type)
+    )
+
+
+def _is_text(column_type: pa.DataType) -> bool:
+    return pa.types.is_string(column_type) or pa.types.is_large_string(column_type)
+
+
+# Known columns that are parsed where they are used (parse_time, parse_flag): the types they can
+# be parsed from, and how to say so.
+PARSED_COLUMNS: dict[str, tuple[Callable[[pa.DataType], bool], str]] = {
+    "opened_at": (
+        lambda kind: (
+            _is_text(kind)
+            or pa.types.is_timestamp(kind)
+            or pa.types.is_date(kind)
+            or pa.types.is_null(kind)
+        ),
+        "ISO 8601 text or a timestamp",
+    ),
+    "escalated": (
+        lambda kind: (
+            _is_text(kind)
+            or pa.types.is_boolean(kind)
+            or pa.types.is_integer(kind)
+            or pa.types.is_null(kind)
+        ),
+        "a boolean, a number or text",
+    ),
+}
+
+
+def read_csv_as_text(path: Path) -> pa.Table:
+    """Every column as the text it is written as: pass-through columns must come out unchanged
+    ("000038" is not 38), and the known ones are parsed where they are used."""
+    with pa_csv.open_csv(path) as reader:  # only to learn the column names
+        names = reader.schema.names
+    return pa_csv.read_csv(
+        path, convert_options=pa_csv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+    )
+
+
 def read_manifest(path: Path) -> pa.Table:
-    """The manifest as an Arrow table; paths and ids are read as text whatever they look like."""
+    """The manifest as an Arrow table; ids and paths are text whatever they look like, and
+    `listing_images` is text or a list of texts."""
     kind = table_format(path)
-    text_columns = ("claim_id", "photo", "listing_images", "reason", "status")
     try:
         if kind == "csv":
-            table = pa_csv.read_csv(
-                path,
-                convert_options=pa_csv.ConvertOptions(
-                    column_types=dict.fromkeys(text_columns, pa.string())
-                ),
-            )
+            table = read_csv_as_text(path)
         elif kind == "jsonl":
             table = pa_json.read_json(path)
         else:
             table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as error:
+    except (OSError, pa.ArrowException) as error:
         raise ManifestError(f"{path.name} cannot be read as {kind}: {error}") from None
     missing = [column for column in REQUIRED_COLUMNS if column not in table.column_names]
     if missing:
         raise ManifestError(f"{path.name} lacks the required column(s) {', '.join(missing)}")
-    clashes = [name for name in (*SCORE_COLUMNS, *INTERNAL_COLUMNS) if name in table.column_names]
+    clashes = [name for name in SCORE_COLUMNS if name in table.column_names]
     if clashes:
         raise ManifestError(f"{path.name} already has output column(s) {', '.join(clashes)}")
-    for column in text_columns:
-        if column in table.column_names and table.schema.field(column).type != pa.string():
-            index = table.column_names.index(column)
-            table = table.set_column(index, column, table[column].cast(pa.string()))
+    return known_columns_typed(table, path.name)
+
+
+def known_columns_typed(table: pa.Table, source: str) -> pa.Table:
+    """`table` with its known columns in the types the job reads them as; a ManifestError that
+    names the column when one cannot be read so."""
+    for index, column_field in enumerate(table.schema):
+        name, column_type = column_field.name, column_field.type
+        if name in PARSED_COLUMNS:
+            readable, expected = PARSED_COLUMNS[name]
+            if not readable(column_type):
+                raise ManifestError(
+                    f"{source}: column {name} is {column_type}; expected {expected}"
+                )
+            continue
+        if name in TEXT_COLUMNS:
+            target, expected = pa.string(), "text"
+        elif name == LISTING_IMAGES:
+            target, expected = (
+                (pa.list_(pa.string()), "a list of paths")
+                if _is_list(column_type)
+                else (pa.string(), "paths separated by ';' or a list of paths")
+            )
+        else:
+            continue
+        try:
+            table = table.set_column(index, name, table[name].cast(target))
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            raise ManifestError(
+                f"{source}: column {name} is {column_type}; expected {expected}"
+            ) from None
     return table
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """Write by extension (Parquet, CSV, JSONL), atomically: a reader never sees half a file."""
-    kind = table_format(path)
+def json_value(value: object) -> str:
+    """What json.dumps cannot write itself: times as ISO 8601, anything else as its text."""
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return str(value)
+
+
+def nested_as_json_text(table: pa.Table) -> pa.Table:
+    """Nested columns (structs, lists, maps), which CSV cannot hold, as JSON text."""
+    for index, column_field in enumerate(table.schema):
+        if pa.types.is_nested(column_field.type):
+            texts = [
+                None if value is None else json.dumps(value, default=json_value)
+                for value in table.column(index).to_pylist()
+            ]
+            table = table.set_column(index, column_field.name, pa.array(texts, pa.string()))
+    return table
+
+
+def write_table(table: pa.Table, path: Path, kind: str | None = None) -> None:
+    """Write as `kind` (default: by extension, see output_format), atomically: a reader never
+    sees half a file."""
+    kind = kind or output_format(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     if kind == "parquet":
         pq.write_table(table, temporary)
     elif kind == "csv":
-        pa_csv.write_csv(table, temporary)
+        pa_csv.write_csv(nested_as_json_text(table), temporary)
     else:
         with temporary.open("w", encoding="utf-8") as stream:
             for record in table.to_pylist():
-                stream.write(json.dumps(record, default=str) + "\n")
+                stream.write(json.dumps(record, default=json_value) + "\n")
     os.replace(temporary, path)
 
 
 def claims_path(out: Path) -> Path:
-    """`scores.parquet` -> `scores.claims.parquet`."""
+    """`scores.parquet` -> `scores.claims.parquet`; `scores` -> `scores.claims`."""
     return out.with_name(f"{out.stem}.claims{out.suffix}")
 
 
@@ -188,23 +309,29 @@ def parts_dir(out: Path) -> Path:
 
 @dataclass(frozen=True)
 class RowInput:
-    row: int
-    claim_id: str
+    """What a manifest row is scored from: nothing else of the row changes its scores."""
+
     photo: str
     listing_images: tuple[str, ...]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The key its results are saved under and found again by on resume."""
+        text = json.dumps([self.photo, list(self.listing_images)])
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class RowScore:
-    """One manifest row's results, as plain data (Ray ships it between processes)."""
+    """The results for one RowInput, as plain data (Ray ships it between processes, the parts
+    keep it). Duplicates across claims are not in it: they depend on the rest of the manifest."""
 
-    row: int
-    claim_id: str
-    fields: dict[str, Any]  # damage, mismatch, match_similarity, model_version, error
+    fingerprint: str
+    fields: dict[str, Any]  # MODEL_FIELDS
     issues: tuple[tuple[str, str], ...]  # (code, severity)
     photo_id: str | None
     window_hashes: tuple[int, ...]  # the photo's crop windows, whole frame first; () if unscored
-    unusable_listing_images: tuple[tuple[str, str], ...] = ()
+    unusable_listing_images: tuple[tuple[str, str], ...] = ()  # (path, problem)
 
     @classmethod
     def of(
@@ -214,8 +341,7 @@ class RowScore:
         fields.pop("issues")
         assessment = scored.assessment
         return cls(
-            row=item.row,
-            claim_id=item.claim_id,
+            fingerprint=item.fingerprint,
             fields=fields,
             issues=tuple((issue.code, issue.severity) for issue in scored.issues),
             photo_id=None if assessment is None else assessment.photo_id,
@@ -240,6 +366,29 @@ class RowScore:
             }
         )
 
+    def part_record(self) -> dict[str, Any]:
+        return {
+            **self.fields,
+            FINGERPRINT: self.fingerprint,
+            PHOTO_ID: self.photo_id,
+            WINDOW_HASHES: format_hashes(self.window_hashes) if self.window_hashes else None,
+            ISSUES: json.dumps(self.issues),
+            LISTING_PROBLEMS: json.dumps(self.unusable_listing_images),
+        }
+
+    @classmethod
+    def from_part_record(cls, record: dict[str, Any]) -> RowScore:
+        return cls(
+            fingerprint=record[FINGERPRINT],
+            fields={name: record[name] for name in MODEL_FIELDS},
+            issues=tuple((code, severity) for code, severity in json.loads(record[ISSUES])),
+            photo_id=record[PHOTO_ID],
+            window_hashes=parse_hashes(record[WINDOW_HASHES]) if record[WINDOW_HASHES] else (),
+            unusable_listing_images=tuple(
+                (path, problem) for path, problem in json.loads(record[LISTING_PROBLEMS])
+            ),
+        )
+
     def with_duplicate_finding(self, duplicate_claims: Sequence[str]) -> RowScore:
         """This score with the duplicate_across_claims finding, when other claims used the photo
         (the row was scored without the index, so the finding is not there yet)."""
@@ -250,15 +399,15 @@ class RowScore:
             issues=(*self.issues, (DUPLICATE_ACROSS_CLAIMS.code, DUPLICATE_ACROSS_CLAIMS.severity)),
         )
 
-    def part_record(self, duplicate_claims: Sequence[str]) -> dict[str, Any]:
+    def output_record(self) -> dict[str, Any]:
+        """The output's score columns (OUTPUT_SCHEMA)."""
         return {
             **self.fields,
             "quality_codes": ";".join(code for code, _ in self.issues),
-            ROW: self.row,
-            PHOTO_ID: self.photo_id,
-            WINDOW_HASHES: format_hashes(self.window_hashes) if self.window_hashes else None,
-            ISSUES: json.dumps(self.issues),
-            DUPLICATE_CLAIMS: ";".join(duplicate_claims),
+            "listing_errors": "; ".join(
+                f"{path}: {problem}" for path, problem in self.unusable_listing_images
+            )
+            or None,
         }
 
 
@@ -270,21 +419,29 @@ def resolve_under(root: Path, relative: str) -> Path:
     return candidate
 
 
-def split_list(value: str | None) -> tuple[str, ...]:
-    return tuple(part.strip() for part in (value or "").split(";") if part.strip())
+def read_failure(error: OSError) -> str:
+    """Why a file under the images root could not be read, without its absolute path."""
+    if error.strerror:
+        return f"unreadable: {error.strerror}"
+    return str(error)  # resolve_under's refusal, which names the manifest's path
 
 
-def row_inputs(table: pa.Table, rows: Iterable[int]) -> list[RowInput]:
-    claim_ids = table["claim_id"].to_pylist()
+def listing_paths(value: str | Sequence[str | None] | None) -> tuple[str, ...]:
+    """A row's listing images, from paths separated by ';' or a list of paths."""
+    paths = value.split(";") if isinstance(value, str) else (value or ())
+    return tuple(path.strip() for path in paths if path and path.strip())
+
+
+def row_inputs(table: pa.Table) -> list[RowInput]:
     photos = table["photo"].to_pylist()
     listings = (
-        table["listing_images"].to_pylist()
-        if "listing_images" in table.column_names
+        table[LISTING_IMAGES].to_pylist()
+        if LISTING_IMAGES in table.column_names
         else [None] * table.num_rows
     )
     return [
-        RowInput(row, str(claim_ids[row]), str(photos[row] or ""), split_list(listings[row]))
-        for row in rows
+        RowInput(str(photo or ""), listing_paths(listing))
+        for photo, listing in zip(photos, listings, strict=True)
     ]
 
 
@@ -294,12 +451,8 @@ def decode_row(images_root: Path, item: RowInput, model_version: str) -> Photo |
         return ScoredFile.failed(item.photo, "no photo path in the manifest", model_version)
     try:
         data = resolve_under(images_root, item.photo).read_bytes()
-    except PermissionError as error:
-        return ScoredFile.failed(item.photo, str(error), model_version)
     except OSError as error:
-        return ScoredFile.failed(
-            item.photo, f"unreadable: {error.strerror or error}", model_version
-        )
+        return ScoredFile.failed(item.photo, read_failure(error), model_version)
     try:
         return open_photo(data)
     except PhotoRejected as error:
@@ -331,10 +484,13 @@ class ListingPhotos:
         return photos, unusable
 
     def _decode(self, relative: str) -> Photo | str:
+        """The photo, or the problem in the words a row's `error` would use."""
         try:
             return open_photo(resolve_under(self.images_root, relative).read_bytes())
-        except (OSError, PhotoRejected) as error:
-            return str(error)
+        except OSError as error:
+            return read_failure(error)
+        except PhotoRejected as error:
+            return f"{error.code}: {error.message}"
 
 
 class RowScorer:
@@ -401,8 +557,51 @@ class DuplicateTracker:
 
     def add(self, claim_id: str, photo_id: str, window_hashes: Sequence[int]) -> None:
         ref = evidence_ref(claim_id, photo_id)
-        self.index.add_photo(window_hashes, ref)
-        self.refs_by_claim.setdefault(claim_id, set()).add(ref)
+        own_refs = self.refs_by_claim.setdefault(claim_id, set())
+        if ref not in own_refs:  # the API keeps a photo added to a claim twice once
+            self.index.add_photo(window_hashes, ref)
+            own_refs.add(ref)
+
+
+@dataclass(frozen=True)
+class ScoredRow:
+    """A manifest row with its results, duplicates across claims included."""
+
+    claim_id: str
+    photo: str
+    score: RowScore
+    duplicate_claims: tuple[str, ...]
+
+    @property
+    def photo_identity(self) -> str:
+        """Which photo this is: the same bytes are the same photo id, as in the API; a photo that
+        could not be read is known only by its path."""
+        return self.score.photo_id or f"path:{self.photo}"
+
+
+def scored_rows(
+    claim_ids: Sequence[str], inputs: Sequence[RowInput], scores: dict[str, RowScore]
+) -> list[ScoredRow]:
+    """Every manifest row's results, with the duplicates across claims found in manifest order."""
+    duplicates = DuplicateTracker()
+    rows = []
+    for claim_id, item in zip(claim_ids, inputs, strict=True):
+        score = scores[item.fingerprint]
+        duplicate_claims: list[str] = []
+        if score.photo_id is not None and score.window_hashes:
+            duplicate_claims = duplicates.duplicate_claims(
+                claim_id, score.window_hashes, [code for code, _ in score.issues]
+            )
+            duplicates.add(claim_id, score.photo_id, score.window_hashes)
+        rows.append(
+            ScoredRow(
+                claim_id,
+                item.photo,
+                score.with_duplicate_finding(duplicate_claims),
+                tuple(duplicate_claims),
+            )
+        )
+    return rows
 
 
 @dataclass(frozen=True)
@@ -410,6 +609,7 @@ class BatchSummary:
     rows: int
     scored_now: int
     resumed: int
+    unused_saved: int  # saved results no manifest row has now (changed, removed, other model)
     errors: int
     claims: int
     out: Path
@@ -436,7 +636,7 @@ class BatchJob:
         on_progress: Callable[[int], None] = lambda rows: None,
     ) -> None:
         self.table = read_manifest(manifest)
-        table_format(out)  # refuse an unknown output format before any work
+        self.out_format = output_format(out)  # refuse an unknown output format before any work
         if not images_root.is_dir():
             raise ManifestError(f"the images root {images_root} is not a folder")
         self.images_root = images_root.resolve()
@@ -450,50 +650,67 @@ class BatchJob:
         self.now = now or datetime.now(UTC)
         self.on_progress = on_progress
         self.parts = parts_dir(out)
-        self.duplicates = DuplicateTracker()
-        self.unusable_listing_images: dict[str, str] = {}
 
     def run(self) -> BatchSummary:
-        done = self._read_parts() if self.resume else None
+        inputs = row_inputs(self.table)
+        saved_scores = self._read_parts() if self.resume else []
         if not self.resume:
             self._clear_parts()
         self.parts.mkdir(parents=True, exist_ok=True)
-        finished = set() if done is None else set(done[ROW].to_pylist())
-        pending = [row for row in range(self.table.num_rows) if row not in finished]
-        if done is not None:
-            self._replay_duplicates(done)
-            self.on_progress(len(finished))
+        saved = {
+            score.fingerprint: score
+            for score in saved_scores
+            if score.fields["model_version"] == self.engine.model_version
+        }
+        resumed = sum(item.fingerprint in saved for item in inputs)
+        if resumed:
+            self.on_progress(resumed)
+        # Rows with the same inputs (the same photo listed twice) are scored once.
+        pending: dict[str, RowInput] = {}
+        rows_per_input: Counter[str] = Counter()
+        for item in inputs:
+            if item.fingerprint not in saved:
+                pending.setdefault(item.fingerprint, item)
+                rows_per_input[item.fingerprint] += 1
+        scores = dict(saved)
         if pending:
-            if self.engine_kind == "ray":
-                self._write_parts(self._score_with_ray(pending))
-            else:
-                self._write_parts(self._score_locally(pending))
-        results = self._read_parts()
-        output = self._assemble(results)
-        claims = self.claim_table(results)
-        write_table(output, self.out)
-        write_table(claims, claims_path(self.out))
+            scored = (
+                self._score_with_ray(list(pending.values()))
+                if self.engine_kind == "ray"
+                else self._score_locally(list(pending.values()))
+            )
+            scores |= self._write_parts(scored, rows_per_input)
+        rows = scored_rows(
+            [str(claim_id) for claim_id in self.table["claim_id"].to_pylist()], inputs, scores
+        )
+        output = self._assemble(rows)
+        claims = self.claim_table(rows)
+        write_table(output, self.out, self.out_format)
+        write_table(claims, claims_path(self.out), self.out_format)
+        used = {item.fingerprint for item in inputs} & saved.keys()
         return BatchSummary(
             rows=self.table.num_rows,
-            scored_now=len(pending),
-            resumed=len(finished),
+            scored_now=self.table.num_rows - resumed,
+            resumed=resumed,
+            unused_saved=len(saved_scores) - len(used),
             errors=sum(value is not None for value in output["error"].to_pylist()),
             claims=claims.num_rows,
             out=self.out,
             claims_out=claims_path(self.out),
-            unusable_listing_images=dict(self.unusable_listing_images),
+            unusable_listing_images={
+                path: problem for row in rows for path, problem in row.score.unusable_listing_images
+            },
         )
 
     # scoring
 
-    def _score_locally(self, rows: Sequence[int]) -> Iterator[RowScore]:
+    def _score_locally(self, items: Sequence[RowInput]) -> Iterator[RowScore]:
         scorer = RowScorer(self.engine, self.images_root)
-        items = row_inputs(self.table, rows)
         # Decoding the next photos overlaps the model run of the current one.
         for item, decoded in prefetched(scorer.decode, items, PREFETCH_PHOTOS):
             yield scorer.score(item, decoded)
 
-    def _score_with_ray(self, rows: Sequence[int]) -> Iterator[RowScore]:
+    def _score_with_ray(self, items: Sequence[RowInput]) -> Iterator[RowScore]:
         import ray
 
         # Joins the cluster named by RAY_ADDRESS if there is one, else starts a local Ray and
@@ -503,18 +720,11 @@ class BatchJob:
             ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         try:
             context = ray.data.DataContext.get_current()
-            context.execution_options.preserve_order = True  # the duplicate pass needs it
             context.enable_progress_bars = False  # the CLI draws its own
-            items = [
-                {
-                    "row": item.row,
-                    "claim_id": item.claim_id,
-                    "photo": item.photo,
-                    "listing_images": ";".join(item.listing_images),
-                }
-                for item in row_inputs(self.table, rows)
+            records = [
+                {"photo": item.photo, "listing_images": list(item.listing_images)} for item in items
             ]
-            scored = ray.data.from_items(items).map_batches(
+            scored = ray.data.from_items(records).map_batches(
                 RayRowScorer,
                 fn_constructor_kwargs={
                     "model_dir": str(self.engine.model_dir),
@@ -532,94 +742,95 @@ class BatchJob:
 
     # parts
 
-    def _write_parts(self, scores: Iterator[RowScore]) -> None:
-        chunk: list[dict[str, Any]] = []
+    def _write_parts(
+        self, scores: Iterator[RowScore], rows_per_input: Counter[str]
+    ) -> dict[str, RowScore]:
+        """Save the scores a chunk at a time as they come; the scores by fingerprint."""
+        written: dict[str, RowScore] = {}
+        chunk: list[RowScore] = []
         for score in scores:
-            duplicate_claims: list[str] = []
-            if score.photo_id is not None and score.window_hashes:
-                duplicate_claims = self.duplicates.duplicate_claims(
-                    score.claim_id, score.window_hashes, [code for code, _ in score.issues]
-                )
-                self.duplicates.add(score.claim_id, score.photo_id, score.window_hashes)
-            self.unusable_listing_images.update(score.unusable_listing_images)
-            score = score.with_duplicate_finding(duplicate_claims)
-            chunk.append(score.part_record(duplicate_claims))
+            written[score.fingerprint] = score
+            chunk.append(score)
             if len(chunk) >= self.chunk_rows:
-                self._flush(chunk)
+                self._flush(chunk, rows_per_input)
                 chunk = []
         if chunk:
-            self._flush(chunk)
+            self._flush(chunk, rows_per_input)
+        return written
 
-    def _flush(self, records: list[dict[str, Any]]) -> None:
-        table = pa.Table.from_pylist(records, schema=PART_SCHEMA)
-        name = f"part-{records[0][ROW]:09d}-{uuid.uuid4().hex[:8]}.parquet"
-        write_table(table, self.parts / name)
-        self.on_progress(len(records))
+    def _flush(self, scores: list[RowScore], rows_per_input: Counter[str]) -> None:
+        table = pa.Table.from_pylist([score.part_record() for score in scores], schema=PART_SCHEMA)
+        write_table(table, self.parts / f"part-{uuid.uuid4().hex}.parquet", "parquet")
+        self.on_progress(sum(rows_per_input[score.fingerprint] for score in scores))
 
     def _clear_parts(self) -> None:
         if self.parts.is_dir():
             for stale in self.parts.glob("part-*.parquet"):
                 stale.unlink()
 
-    def _read_parts(self) -> pa.Table:
+    def _read_parts(self) -> list[RowScore]:
         files = sorted(self.parts.glob("part-*.parquet")) if self.parts.is_dir() else []
-        tables = [pq.read_table(file, schema=PART_SCHEMA) for file in files]
-        return pa.concat_tables(tables) if tables else PART_SCHEMA.empty_table()
-
-    def _replay_duplicates(self, done: pa.Table) -> None:
-        claim_ids = self.table["claim_id"].to_pylist()
-        for record in done.sort_by(ROW).select([ROW, PHOTO_ID, WINDOW_HASHES]).to_pylist():
-            if record[WINDOW_HASHES] is not None and record[ROW] < len(claim_ids):
-                self.duplicates.add(
-                    str(claim_ids[record[ROW]]),
-                    record[PHOTO_ID],
-                    parse_hashes(record[WINDOW_HASHES]),
+        scores = []
+        for file in files:
+            table = pq.read_table(file)
+            if FINGERPRINT not in table.column_names:
+                raise ManifestError(
+                    f"{file} was written by an older version of triage batch, whose results "
+                    "cannot be matched to manifest rows safely; run again without --resume"
                 )
+            records = table.select(PART_SCHEMA.names).cast(PART_SCHEMA).to_pylist()
+            scores.extend(RowScore.from_part_record(record) for record in records)
+        return scores
 
     # assembly
 
-    def _assemble(self, results: pa.Table) -> pa.Table:
-        results = results.sort_by(ROW)
-        if results[ROW].to_pylist() != list(range(self.table.num_rows)):
-            raise ManifestError(
-                f"the results in {self.parts} do not match the manifest (was it changed since "
-                "the interrupted run?); run again without --resume"
-            )
+    def _assemble(self, rows: Sequence[ScoredRow]) -> pa.Table:
+        results = pa.Table.from_pylist(
+            [row.score.output_record() for row in rows], schema=OUTPUT_SCHEMA
+        )
         output = self.table
         for name in SCORE_COLUMNS:
             output = output.append_column(name, results[name])
         return output
 
-    def claim_table(self, results: pa.Table) -> pa.Table:
+    def claim_table(self, rows: Sequence[ScoredRow]) -> pa.Table:
         """One row per claim, in order of first appearance, with the triage policy's verdict."""
-        results = results.sort_by(ROW)
         rows_by_claim: dict[str, list[int]] = {}
-        for row, claim_id in enumerate(self.table["claim_id"].to_pylist()):
-            rows_by_claim.setdefault(str(claim_id), []).append(row)
+        for index, row in enumerate(rows):
+            rows_by_claim.setdefault(row.claim_id, []).append(index)
         manifest = {name: self.table[name].to_pylist() for name in self.table.column_names}
-        scores = {name: results[name].to_pylist() for name in results.column_names}
         records = []
-        for claim_id, rows in rows_by_claim.items():
-            photos = tuple(
-                PhotoFacts(
-                    index=number,
-                    damage=scores["damage"][row],
-                    mismatch=scores["mismatch"][row],
-                    issues=tuple(
-                        (code, severity) for code, severity in json.loads(scores[ISSUES][row])
-                    ),
-                    duplicate_claims=split_list(scores[DUPLICATE_CLAIMS][row]),
+        for claim_id, indexes in rows_by_claim.items():
+            photos: list[PhotoFacts] = []
+            seen: set[str] = set()
+            # "photo N" stays the claim's Nth manifest row; a repeated photo is not counted again.
+            for number, index in enumerate(indexes, start=1):
+                row = rows[index]
+                if row.photo_identity in seen:
+                    continue
+                seen.add(row.photo_identity)
+                photos.append(
+                    PhotoFacts(
+                        index=number,
+                        damage=row.score.fields["damage"],
+                        mismatch=row.score.fields["mismatch"],
+                        issues=row.score.issues,
+                        duplicate_claims=row.duplicate_claims,
+                    )
                 )
-                for number, row in enumerate(rows, start=1)
+            unreadable_listing = sorted(
+                {path for index in indexes for path, _ in rows[index].score.unusable_listing_images}
             )
-            first = {name: values[rows[0]] for name, values in manifest.items()}
+            first = {name: values[indexes[0]] for name, values in manifest.items()}
             records.append(
-                {"claim_id": claim_id, "reason": first.get("reason"), "photos": len(rows)}
-                | self._triage(first, photos)
+                {"claim_id": claim_id, "reason": first.get("reason"), "photos": len(photos)}
+                | self._triage(first, tuple(photos), unreadable_listing)
             )
         return pa.Table.from_pylist(records, schema=CLAIM_SCHEMA)
 
-    def _triage(self, first: dict[str, Any], photos: tuple[PhotoFacts, ...]) -> dict[str, Any]:
+    def _triage(
+        self, first: dict[str, Any], photos: tuple[PhotoFacts, ...], unreadable_listing: list[str]
+    ) -> dict[str, Any]:
         """The claim's triage from its first manifest row's claim columns and all its photos."""
         try:
             facts = ClaimFacts(
@@ -632,12 +843,19 @@ class BatchJob:
             triage = triage_claim(facts, config=self.policy, now=self.now)
         except ValueError as error:
             return {"error": str(error)}
+        reasons = triage.reasons
+        if unreadable_listing:
+            # The policy only knows no photo was compared; here we know why.
+            unreadable = f"listing images could not be read ({', '.join(unreadable_listing)})"
+            reasons = tuple(
+                unreadable if reason == NO_LISTING_REASON else reason for reason in reasons
+            )
         return {
             "support": triage.support,
             "sufficiency": triage.sufficiency,
             "lane": triage.lane,
             "priority": triage.priority,
-            "reasons": "; ".join(triage.reasons),
+            "reasons": "; ".join(reasons),
             "deadline": triage.deadline,
             "error": None,
         }
@@ -652,12 +870,7 @@ class RayRowScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         scores = []
         for record in batch.to_pylist():
-            item = RowInput(
-                record["row"],
-                record["claim_id"],
-                record["photo"],
-                split_list(record["listing_images"]),
-            )
+            item = RowInput(record["photo"], listing_paths(record["listing_images"]))
             scores.append(self.scorer.score(item, self.scorer.decode(item)).to_json())
         return pa.table({"score": pa.array(scores, pa.string())})
 

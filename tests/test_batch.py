@@ -228,6 +228,87 @@ def test_resume_keeps_finished_rows_and_matches_a_full_run(engine, images_root, 
             None if expected["damage"] is None else pytest.approx(expected["damage"])
         )
     assert read_any(claims_path(out)) == reference_claims
+    # a2's unreadable listing image was scored in the first run: still reported after resuming
+    assert [row["listing_errors"] for row in rows] == [row["listing_errors"] for row in reference]
+    assert "gone.jpg" in job.summary.unusable_listing_images
+
+
+def rows_of(path: Path) -> list[tuple]:
+    """What a resumed run must reproduce: each row's photo and results, and the claim file."""
+    return [
+        (
+            row["photo"],
+            row["note"],
+            None if row["damage"] is None else round(row["damage"], 6),
+            row["quality_codes"],
+            row["error"],
+            row["listing_errors"],
+        )
+        for row in read_any(path)
+    ] + read_any(claims_path(path))
+
+
+def resume_from(engine, images_root, manifest: Path, earlier: Path, out: Path) -> BatchJob:
+    """Resume `manifest` into `out` from the parts an earlier run (of another manifest) left."""
+    parts_dir(out).mkdir()
+    for part in parts_dir(earlier).glob("part-*.parquet"):
+        (parts_dir(out) / part.name).write_bytes(part.read_bytes())
+    return run_job(engine, manifest, images_root, out, resume=True)
+
+
+def test_resume_after_the_manifest_changed_reuses_only_rows_with_the_same_inputs(
+    engine, images_root, tmp_path, scored
+):
+    job, _, _ = scored
+    changed = [dict(row) for row in reversed(MANIFEST_ROWS)]  # re-sorted...
+    changed[2]["photo"] = "a2.jpg"  # ...and nowhere.jpg's path fixed
+    manifest = write_manifest(tmp_path / "changed.csv", changed)
+    fresh = tmp_path / "fresh.parquet"
+    run_job(engine, manifest, images_root, fresh)
+    resumed = resume_from(engine, images_root, manifest, job.out, tmp_path / "resumed.parquet")
+    # Only the fixed row is scored again; every other row finds its own photo's results, and
+    # the duplicates across claims follow the new order (a1 now repeats b1, not the reverse).
+    assert (resumed.summary.resumed, resumed.summary.scored_now) == (len(changed) - 1, 1)
+    assert rows_of(resumed.out) == rows_of(fresh)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        MANIFEST_ROWS[:3],
+        [*MANIFEST_ROWS, {"claim_id": "E", "photo": "a2.jpg", "reason": "damaged"}],
+    ],
+)
+def test_resume_with_fewer_or_more_rows(engine, images_root, tmp_path, scored, rows):
+    job, _, _ = scored
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    fresh = tmp_path / "fresh.parquet"
+    run_job(engine, manifest, images_root, fresh)
+    resumed = resume_from(engine, images_root, manifest, job.out, tmp_path / "resumed.parquet")
+    new_rows = max(0, len(rows) - len(MANIFEST_ROWS))
+    assert (resumed.summary.resumed, resumed.summary.scored_now) == (len(rows) - new_rows, new_rows)
+    assert resumed.summary.unused_saved == max(0, len(MANIFEST_ROWS) - len(rows))
+    assert rows_of(resumed.out) == rows_of(fresh)
+
+
+def test_resume_does_not_reuse_another_models_results(images_root, tmp_path, scored):
+    job, _, _ = scored
+    other = ScoringEngine.load(
+        write_tiny_model(tmp_path / "model-2", card_overrides={"version": "2.0.0"})
+    )
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS)
+    resumed = resume_from(other, images_root, manifest, job.out, tmp_path / "resumed.parquet")
+    assert (resumed.summary.resumed, resumed.summary.unused_saved) == (0, len(MANIFEST_ROWS))
+    assert {row["model_version"] for row in read_any(resumed.out)} == {other.model_version}
+
+
+def test_resume_refuses_parts_without_fingerprints(engine, images_root, tmp_path):
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])
+    out = tmp_path / "scores.parquet"
+    parts_dir(out).mkdir()
+    pq.write_table(pa.table({"_row": [0], "damage": [0.5]}), parts_dir(out) / "part-0.parquet")
+    with pytest.raises(ManifestError, match="older version"):
+        run_job(engine, manifest, images_root, out, resume=True)
 
 
 def test_a_fresh_run_ignores_old_parts(engine, images_root, tmp_path):
@@ -268,6 +349,101 @@ def test_ids_and_paths_are_read_as_text(tmp_path: Path):
     assert table["claim_id"].to_pylist() == ["007"] and table["photo"].to_pylist() == ["123.jpg"]
 
 
+def test_csv_pass_through_columns_come_out_as_written(engine, images_root, tmp_path: Path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("claim_id,photo,order_ref,amount,note\nA,a1.jpg,000038,12.50,\n")
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, images_root, out)
+    [row] = read_any(out)
+    assert (row["order_ref"], row["amount"], row["note"]) == ("000038", "12.50", "")
+
+
+@pytest.mark.parametrize("manifest_ext", [".jsonl", ".parquet"])
+def test_listing_images_may_be_a_list(engine, images_root, tmp_path, scored, manifest_ext):
+    as_lists = [row | {"listing_images": split(row["listing_images"])} for row in MANIFEST_ROWS]
+    manifest = write_manifest(tmp_path / f"m{manifest_ext}", as_lists)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, images_root, out)
+    _, reference, _ = scored
+    got = read_any(out)
+    assert [row["listing_images"] for row in got] == [row["listing_images"] for row in as_lists]
+    for column in ("match_similarity", "quality_codes", "listing_errors"):
+        assert [row[column] for row in got] == [row[column] for row in reference]
+
+
+def split(paths: str) -> list[str]:
+    return [path for path in paths.split(";") if path]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("claim_id", {"id": 1}),
+        ("listing_images", {"path": "listing.jpg"}),
+        ("listing_images", [{"path": "listing.jpg"}]),
+        ("opened_at", ["2025-06-01"]),
+        ("escalated", {"yes": True}),
+    ],
+)
+def test_known_columns_of_an_unusable_type_are_refused(tmp_path: Path, column, value):
+    manifest = tmp_path / "m.jsonl"
+    row = {"claim_id": "A", "photo": "a1.jpg"} | {column: value}
+    manifest.write_text(json.dumps(row) + "\n")
+    with pytest.raises(ManifestError, match=f"column {column} "):
+        read_manifest(manifest)
+
+
+def test_nested_pass_through_columns_are_json_text_in_csv(engine, images_root, tmp_path: Path):
+    manifest = tmp_path / "m.jsonl"
+    row = {"claim_id": "A", "photo": "a1.jpg", "order": {"ref": "000038", "items": [1, 2]}}
+    manifest.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "scores.csv"
+    run_job(engine, manifest, images_root, out)
+    [written] = read_any(out)
+    assert json.loads(written["order"]) == row["order"]
+
+
+def test_an_output_without_extension_is_parquet(engine, images_root, tmp_path: Path):
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:2])
+    out = tmp_path / "o3"
+    run_job(engine, manifest, images_root, out)
+    assert pq.read_table(out).num_rows == 2
+    assert pq.read_table(claims_path(out)).num_rows == 1
+    assert claims_path(out).name == "o3.claims"
+
+
+def test_jsonl_times_are_iso_8601(engine, images_root, tmp_path: Path):
+    manifest = write_manifest(tmp_path / "m.jsonl", MANIFEST_ROWS[:1])
+    out = tmp_path / "scores.jsonl"
+    run_job(engine, manifest, images_root, out)
+    [claim] = read_any(claims_path(out))
+    assert claim["deadline"] == "2025-06-25T00:00:00+00:00"
+
+
+def test_the_same_photo_twice_in_a_claim_counts_once(engine, images_root, tmp_path: Path):
+    rows = [{"claim_id": "P", "photo": "a2.jpg", "reason": "missing_parts"}] * 2
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, images_root, out)
+    [claim] = read_any(claims_path(out))
+    assert claim["photos"] == 1 and claim["sufficiency"] == "weak"
+    assert "duplicate_across_claims" not in read_any(out)[1]["quality_codes"]
+
+
+def test_unreadable_listing_images_are_recorded(engine, images_root, tmp_path: Path):
+    rows = [{"claim_id": "W", "photo": "a2.jpg", "listing_images": "gone.jpg;broken.jpg"}]
+    manifest = write_manifest(tmp_path / "m.csv", [row | {"reason": "wrong_item"} for row in rows])
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, images_root, out)
+    [row] = read_any(out)
+    assert row["error"] is None and row["mismatch"] is None
+    assert row["listing_errors"].startswith("gone.jpg: unreadable: ")
+    assert "; broken.jpg: corrupt: " in row["listing_errors"]
+    [claim] = read_any(claims_path(out))
+    assert "listing images could not be read (broken.jpg, gone.jpg)" in claim["reasons"]
+    assert "listing has no images" not in claim["reasons"]
+
+
 def test_cli_batch(engine, images_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("TRIAGE_MODEL_DIR", str(engine.model_dir))
     manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS)
@@ -283,6 +459,28 @@ def test_cli_batch(engine, images_root: Path, tmp_path: Path, monkeypatch: pytes
         ["batch", str(tmp_path / "none.csv"), "--images-root", str(images_root), "--out", str(out)],
     )
     assert bad.exit_code == 2
+
+
+def test_cli_batch_refuses_an_unknown_output_extension(engine, images_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIAGE_MODEL_DIR", str(engine.model_dir))
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])
+    args = ["batch", str(manifest), "--images-root", str(images_root)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o.txt")])
+    assert result.exit_code == 2 and "unknown table format '.txt'" in result.output
+
+
+def test_cli_batch_interrupted_says_how_to_go_on(engine, images_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIAGE_MODEL_DIR", str(engine.model_dir))
+
+    def interrupted(self: BatchJob) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BatchJob, "run", interrupted)
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])
+    args = ["batch", str(manifest), "--images-root", str(images_root), "--out", "o.parquet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130
+    assert "interrupted: rerun with --resume to continue" in result.output
 
 
 @pytest.mark.skipif(

@@ -3,7 +3,8 @@
 Scores every photo of a manifest with the same code as the API (service.batch) and writes the
 per-photo output plus a claim-level file beside it, with a Rich progress bar. Exit status: 0 when
 the run finished (bad photos are reported in the `error` column, not by failing), 2 when the
-manifest, the output path or the model is unusable.
+manifest, the output path or the model is unusable, 130 when interrupted (Ctrl-C): the rows
+scored so far are kept for `--resume`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Annotated
 import typer
 
 from service.cli.inputs import EXIT_BAD_INPUT
+
+EXIT_INTERRUPTED = 130  # what a shell reports for a process ended by SIGINT
 
 
 class EngineChoice(StrEnum):
@@ -32,14 +35,21 @@ def batch(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", help="Output table (.parquet, .csv or .jsonl); claims go to OUT.claims.*"
+            "--out",
+            help="Output table (.parquet, .csv or .jsonl; no extension: Parquet); claims go to "
+            "OUT.claims.*",
         ),
     ],
     engine: Annotated[
         EngineChoice, typer.Option(help="local (this process) or ray (Ray Data actors).")
     ] = EngineChoice.local,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Keep the rows an interrupted run already scored.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Keep the results an interrupted run already saved, for the rows whose photo "
+            "and listing images are unchanged; the other rows are scored.",
+        ),
     ] = False,
     ray_actors: Annotated[
         int, typer.Option(min=1, help="Ray actors, each with its own model session.")
@@ -99,10 +109,18 @@ def batch(
     except (ManifestError, ModelLoadError) as error:
         console.print(f"[red]{error}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    except KeyboardInterrupt:
+        console.print("interrupted: rerun with --resume to continue", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     console.print(
         f"{summary.rows} rows ({summary.resumed} from an earlier run), {summary.errors} with an "
         f"error, {summary.claims} claims -> {summary.out} and {summary.claims_out}"
     )
+    if summary.unused_saved:
+        console.print(
+            f"{summary.unused_saved} saved results matched no manifest row (the row changed or "
+            "is gone, or another model scored it) and were not used"
+        )
     for path, problem in sorted(summary.unusable_listing_images.items()):
         console.print(f"[yellow]listing image {path} skipped:[/yellow] {problem}")
 
