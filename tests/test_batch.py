@@ -430,6 +430,26 @@ def test_the_same_photo_twice_in_a_claim_counts_once(engine, images_root, tmp_pa
     assert "duplicate_across_claims" not in read_any(out)[1]["quality_codes"]
 
 
+@pytest.mark.parametrize("manifest_ext", [".csv", ".jsonl"])
+def test_claims_without_a_reason_are_triaged_on_their_evidence(
+    engine, images_root, tmp_path: Path, manifest_ext: str
+):
+    rows = [
+        {"claim_id": "N", "photo": "a1.jpg", "reason": None},  # no reason at all
+        {"claim_id": "M", "photo": "broken.jpg", "reason": ""},  # an empty cell
+    ]
+    if manifest_ext == ".csv":
+        rows = [{key: value for key, value in row.items() if key != "reason"} for row in rows]
+    manifest = write_manifest(tmp_path / f"m{manifest_ext}", rows)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, images_root, out)
+    claims = {claim["claim_id"]: claim for claim in read_any(claims_path(out))}
+    assert claims["N"]["error"] is None and claims["N"]["support"] is None
+    assert claims["N"]["lane"] == "needs_review"
+    assert "no claim reason given: support not judged" in claims["N"]["reasons"]
+    assert claims["M"]["lane"] == "needs_more_evidence"  # its only photo is unreadable
+
+
 def test_unreadable_listing_images_are_recorded(engine, images_root, tmp_path: Path):
     rows = [{"claim_id": "W", "photo": "a2.jpg", "listing_images": "gone.jpg;broken.jpg"}]
     manifest = write_manifest(tmp_path / "m.csv", [row | {"reason": "wrong_item"} for row in rows])
