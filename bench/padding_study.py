@@ -6,13 +6,13 @@ A photo padded to a square with white, a phone screenshot with blank margins abo
 or a PNG with transparent edges used to be measured with its bands: white bars read as a
 washed-out photo (an `overexposed` blocker on almost every one) and lowered the
 contrast-normalised sharpness (`blurry` warnings). Since session 10 `service.quality.measure`
-cuts such bands off first (`without_padding`: lines of one flat colour up to a straight edge
-where the picture begins). This prints, for padded copies of clean grocery phone photos and for
-photos that must not change (the web package photos, many of them letterboxed by their dataset;
-the catalog images, items on white; clean and +2.5 EV phone photos), the share with any blocker,
-an `overexposed` blocker and any `blurry` finding, measured with and without the cut in the same
-run. Every photo goes through PNG or JPEG q88 and the service's intake, as an upload would. Run on
-purpose, not in CI (about a minute on 2 cores).
+measures `Photo.picture` (`service.framing.picture_of`: the bands cut off, lines of one flat
+colour up to a straight edge where the picture begins). This prints, for padded copies of clean
+grocery phone photos and for photos that must not change (the web package photos, many of them
+letterboxed by their dataset; the catalog images, items on white; clean and +2.5 EV phone
+photos), the share with any blocker, an `overexposed` blocker and any `blurry` finding, measured
+with and without the cut in the same run. Every photo goes through PNG or JPEG q88 and the
+service's intake, as an upload would. Run on purpose, not in CI (about a minute on 2 cores).
 """
 
 from __future__ import annotations

@@ -219,7 +219,8 @@ class Assessor:
         """
         if not photos:
             return []
-        outputs = self.engine.infer([photo.image for photo in photos])
+        # The picture without padding bands: a phone screenshot's frame is not the item.
+        outputs = self.engine.infer([photo.picture for photo in photos])
         listing_matrix = self.listing_embedding_matrix(listing_photos)
         assessments = []
         for photo, output in zip(photos, outputs, strict=True):
@@ -363,11 +364,9 @@ def heatmap_overlay(image: Image.Image, heatmap: np.ndarray, input_size: int) ->
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
-def heatmap_png(
-    photo: Photo | Image.Image, assessment: PhotoAssessment, *, input_size: int = 224
-) -> bytes:
-    """A PNG of the photo with its damage overlay, for GET /v1/photos/{id}/heatmap.png."""
-    image = photo.image if isinstance(photo, Photo) else photo
+def heatmap_png(image: Image.Image, heatmap: np.ndarray, *, input_size: int) -> bytes:
+    """A PNG of `image` (a photo's picture, as the model saw it) with its damage map laid over
+    it, for GET /v1/photos/{id}/heatmap.png."""
     buffer = io.BytesIO()
-    heatmap_overlay(image, assessment.heatmap, input_size).save(buffer, format="PNG", optimize=True)
+    heatmap_overlay(image, heatmap, input_size).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

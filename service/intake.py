@@ -21,10 +21,13 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pillow_heif
 from PIL import Image, UnidentifiedImageError
+
+from service.framing import picture_of
 
 pillow_heif.register_heif_opener()
 
@@ -86,6 +89,12 @@ class Photo:
     image: Image.Image
     has_gps: bool
     orientation: int
+
+    @cached_property
+    def picture(self) -> Image.Image:
+        """`image` without flat padding bands around it (service.framing): what the quality
+        checks measure and the model scores. Found once per photo."""
+        return picture_of(self.image)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -18,23 +18,17 @@ No web or database imports: this is part of the inference core.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 
+from service.framing import analysis_grey
 from service.intake import Photo, PhotoRejected
 
 Severity = Literal["blocker", "warning"]
 
-# Longest side of the greyscale copy every metric is measured on. 256 keeps a little more detail
-# than the model's 224 input and is below the grocery photos' 348 px, so the fitting data is
-# always downscaled the same way a phone photo is; images smaller than this are not upscaled
-# (upscaling would fabricate blur), and they are too_small anyway.
-ANALYSIS_SIDE = 256
 # Side of the block-averaged grid `coarse_detail` looks at: coarse enough that sensor noise and
 # JPEG artefacts average out, fine enough to see an object against its background.
 DETAIL_GRID = 16
@@ -55,14 +49,6 @@ OUTLINE_BLOCK = 4
 # Added to an outline's spread (median step, grey levels) before the ratio: JPEG's quantisation
 # leaves plain backgrounds a fraction of a level of texture, which would make the ratio explode.
 OUTLINE_SPREAD_FLOOR = 0.25
-
-# Padding: a line belongs to a flat band when PADDING_FLAT_SHARE of it is within
-# PADDING_TOLERANCE grey levels of the outermost line's median (JPEG ringing stays within it);
-# the band ends at a seam that differs along at least PADDING_SEAM_SHARE of its length.
-PADDING_TOLERANCE = 6.0
-PADDING_FLAT_SHARE = 0.98
-PADDING_SEAM_SHARE = 0.9
-PADDING_MIN_KEPT = 0.25
 
 THRESHOLDS_RESOURCE = "quality_thresholds.json"
 
@@ -120,18 +106,6 @@ class QualityMetrics:
     exposure: Exposure
     detail: float
     outline: Outline
-
-
-def analysis_grey(image: Image.Image, side: int = ANALYSIS_SIDE) -> np.ndarray:
-    """Luma of `image` as float32, longest side at most `side` (downscaled with antialiasing)."""
-    grey = image.convert("L")
-    if max(grey.size) > side:
-        scale = side / max(grey.size)
-        size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
-        # One filter at every scale (Pillow's resize is antialiased), so the fine detail left
-        # for `sharpness` depends on the scene, not on how far the photo had to shrink.
-        grey = grey.resize(size, Image.Resampling.BILINEAR)
-    return np.asarray(grey, dtype=np.float32)
 
 
 def sharpness(grey: np.ndarray) -> float:
@@ -243,62 +217,13 @@ def outline(grey: np.ndarray, block: int = OUTLINE_BLOCK) -> Outline:
     return Outline(strength=float(strength), spread=float(spread))
 
 
-def _band_depth(lines: np.ndarray) -> int:
-    """How many of `lines` (the frame's lines from one edge inwards) form a padding band: lines
-    of one flat colour, up to a straight edge where the picture begins. 0 when there is none."""
-    colour = np.median(lines[0])
-    flat = (np.abs(lines - colour) <= PADDING_TOLERANCE).mean(axis=1) >= PADDING_FLAT_SHARE
-    depth = int(np.argmin(flat)) if not flat.all() else 0
-    if depth == 0:
-        return 0
-    # The picture must begin along nearly all of the band's length (within two lines: the
-    # downscale blends the one at the seam). A white backdrop ends where an item's outline
-    # does, along part of the line, so an item on white is not cut out of its background.
-    seam = lines[depth : depth + 2]
-    begins = (np.abs(seam - colour) > PADDING_TOLERANCE).mean(axis=1).max()
-    # The seam line itself goes with the band: it blends the two.
-    return depth + 1 if begins >= PADDING_SEAM_SHARE else 0
-
-
-def padding_box(grey: np.ndarray) -> tuple[float, float, float, float]:
-    """The picture inside flat bands pasted around it (letterbox or pillarbox bars, the blank
-    margins of a phone screenshot, a transparent PNG's empty edges), as fractions of the frame:
-    (left, top, right, bottom). The whole frame when there are none, or when cutting them would
-    leave less than `PADDING_MIN_KEPT` of a side."""
-    height, width = grey.shape
-    top, bottom = _band_depth(grey), _band_depth(grey[::-1])
-    left, right = _band_depth(grey.T), _band_depth(grey.T[::-1])
-    if height - top - bottom < PADDING_MIN_KEPT * height:
-        top = bottom = 0
-    if width - left - right < PADDING_MIN_KEPT * width:
-        left = right = 0
-    return (left / width, top / height, 1 - right / width, 1 - bottom / height)
-
-
 def measure(photo: Photo) -> QualityMetrics:
-    """Every metric of `photo`, on the analysis copy of its picture without padding bands.
-
-    The bars are not part of the scene: measured with it, white bars read as a washed-out photo
-    and lower the contrast-normalised sharpness. The picture is cut out of the decoded photo and
-    given its own analysis copy, so a blurred photo inside a tall screenshot is measured at the
-    scale every threshold was fitted at, not at the few pixels it had in the whole frame's copy.
-    """
-    grey = analysis_grey(photo.image)
-    box = padding_box(grey)
-    if box != (0.0, 0.0, 1.0, 1.0):
-        width, height = photo.image.size
-        left, top, right, bottom = box
-        # Rounded inwards, so that no line of a band is left at the picture's edge.
-        picture = photo.image.crop(
-            (
-                math.ceil(left * width),
-                math.ceil(top * height),
-                math.floor(right * width),
-                math.floor(bottom * height),
-            )
-        )
-        grey = analysis_grey(picture)
-    return measure_grey(grey, photo.original_size)
+    """Every metric of `photo`, on the analysis copy of its picture (`Photo.picture`: without
+    padding bands). Measured with them, white bars read as a washed-out photo and lower the
+    contrast-normalised sharpness; the picture gets its own analysis copy, so a blurred photo
+    inside a tall screenshot is measured at the scale every threshold was fitted at, not at the
+    few pixels it had in the whole frame's copy."""
+    return measure_grey(analysis_grey(photo.picture), photo.original_size)
 
 
 def measure_grey(grey: np.ndarray, original_size: tuple[int, int]) -> QualityMetrics:

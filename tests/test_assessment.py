@@ -262,9 +262,21 @@ def test_heatmap_overlay_cuts_away_the_letterbox_bands():
 
 def test_heatmap_png_is_a_png_of_the_photo(engine: ScoringEngine):
     photo = damaged_photo(320, 240)
-    data = heatmap_png(photo, Assessor(engine).assess(photo))
+    data = heatmap_png(photo.picture, Assessor(engine).assess(photo).heatmap, input_size=224)
     assert data.startswith(b"\x89PNG")
     assert Image.open(io.BytesIO(data)).size == photo.image.size
+
+
+def test_the_model_scores_the_picture_inside_padding_bands(engine: ScoringEngine):
+    picture = textured_image(400, 300, seed=8)
+    screenshot = Image.new("RGB", (400, 866), (0, 0, 0))  # a dark-mode phone screenshot
+    screenshot.paste(picture, (0, 283))
+    photo = open_photo(encode(screenshot, "PNG"))
+    assessed = Assessor(engine).assess(photo)
+    [as_picture] = engine.infer([photo.picture])
+    [as_frame] = engine.infer([photo.image])
+    assert assessed.damage == pytest.approx(as_picture.damage, abs=1e-6)
+    assert assessed.damage != pytest.approx(as_frame.damage, abs=1e-6)
 
 
 def test_bad_bytes_become_an_error_not_an_exception(engine: ScoringEngine):

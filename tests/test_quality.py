@@ -11,23 +11,21 @@ import pytest
 from conftest import encode, textured_image
 from PIL import Image, ImageDraw, ImageFilter
 
+from service.framing import analysis_grey
 from service.intake import PhotoRejected, open_photo
 from service.quality import (
-    ANALYSIS_SIDE,
     DEFAULT_THRESHOLDS,
     Exposure,
     Outline,
     QualityIssue,
     QualityMetrics,
     QualityThresholds,
-    analysis_grey,
     coarse_detail,
     decide,
     exposure,
     load_thresholds,
     measure,
     outline,
-    padding_box,
     quality_issues,
     rejection_issue,
     sharpness,
@@ -223,40 +221,6 @@ def test_an_outline_keeps_a_white_item_on_white_from_low_detail(
     assert [issue.code for issue in quality_issues(photo)] == expected
 
 
-def on_canvas(picture: np.ndarray, canvas: tuple[int, int], level: float) -> np.ndarray:
-    """`picture` centred on a flat canvas of `level`."""
-    frame = np.full(canvas, level, dtype=np.float32)
-    top, left = (canvas[0] - picture.shape[0]) // 2, (canvas[1] - picture.shape[1]) // 2
-    frame[top : top + picture.shape[0], left : left + picture.shape[1]] = picture
-    return frame
-
-
-SCENE = np.asarray(analysis_grey(textured_image(160, 120, seed=3)))  # 160 x 120, no flat edge
-
-
-@pytest.mark.parametrize(
-    ("grey", "expected"),
-    [
-        (SCENE, (0.0, 0.0, 1.0, 1.0)),
-        # 20 lines of band each side, and the seam line with them
-        (on_canvas(SCENE, (160, 160), 255.0), (0.0, 21 / 160, 1.0, 139 / 160)),  # letterbox
-        (on_canvas(SCENE, (120, 200), 0.0), (21 / 200, 0.0, 179 / 200, 1.0)),  # pillarbox
-        # An item on white whose outline meets the edge of the white only in part: not padding.
-        (
-            on_canvas(
-                np.pad(SCENE[:, 40:120], ((0, 0), (40, 40)), constant_values=255), (160, 160), 255.0
-            ),
-            (0.0, 0.0, 1.0, 1.0),
-        ),
-        # Bands that would leave under a quarter of a side are not cut.
-        (on_canvas(SCENE[:20], (160, 160), 255.0), (0.0, 0.0, 1.0, 1.0)),
-    ],
-    ids=["no bands", "white letterbox", "black pillarbox", "item on white", "mostly band"],
-)
-def test_padding_box_known_values(grey: np.ndarray, expected: tuple[float, ...]) -> None:
-    assert padding_box(grey) == pytest.approx(expected)
-
-
 @pytest.mark.parametrize("colour", [(255, 255, 255), (0, 0, 0)], ids=["white", "black"])
 def test_a_padded_photo_is_measured_as_its_picture(colour: tuple[int, int, int]) -> None:
     picture = textured_image(400, 300, seed=4)
@@ -277,22 +241,6 @@ def test_coarse_detail_ignores_fine_noise_and_exposure() -> None:
     assert coarse_detail(noisy_wall) < 0.02
     scene = analysis_grey(textured_image(400, 300))
     assert coarse_detail(scene * 0.3) == pytest.approx(coarse_detail(scene), rel=0.05)
-
-
-@pytest.mark.parametrize(
-    ("size", "expected"),
-    [
-        ((4000, 3000), (ANALYSIS_SIDE, 192)),
-        ((300, 400), (192, ANALYSIS_SIDE)),
-        ((100, 50), (100, 50)),
-    ],
-)
-def test_analysis_copy_has_a_fixed_longest_side_and_is_never_upscaled(
-    size: tuple[int, int], expected: tuple[int, int]
-) -> None:
-    grey = analysis_grey(Image.new("RGB", size, (10, 20, 30)))
-    assert (grey.shape[1], grey.shape[0]) == expected
-    assert grey.dtype == np.float32
 
 
 # --- decisions --------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ start, not once per process: see `service.api.startup`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import threading
@@ -34,7 +33,7 @@ from service.api.startup import (
     maintenance_fingerprint,
     read_record,
 )
-from service.assessment import Assessor, PhotoAssessment, heatmap_overlay, with_duplicates
+from service.assessment import Assessor, PhotoAssessment, heatmap_png, with_duplicates
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.db import crud
@@ -387,14 +386,13 @@ class Runtime:
         )
 
     def render_heatmap(self, original: bytes, damage_map: list[list[float]]) -> bytes:
-        """PNG of the photo (as the model saw it) with the stored damage map laid over it."""
-        image = open_photo(original).image
-        overlay = heatmap_overlay(
-            image, np.asarray(damage_map, dtype=np.float32), self.batcher.engine.input_spec.size
+        """PNG of the photo as the model saw it (its picture, without padding bands) with the
+        stored damage map laid over it."""
+        return heatmap_png(
+            open_photo(original).picture,
+            np.asarray(damage_map, dtype=np.float32),
+            input_size=self.batcher.engine.input_spec.size,
         )
-        buffer = io.BytesIO()
-        overlay.save(buffer, format="PNG", optimize=True)
-        return buffer.getvalue()
 
     @property
     def model_card(self) -> ModelCard:
