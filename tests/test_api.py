@@ -638,6 +638,38 @@ def test_a_cropped_copy_from_another_claim_is_flagged_and_named(api_server: ApiS
     assert any(first in reason for reason in reviewer_reasons(api_server, third))
 
 
+def test_open_claims_are_compared_again_when_listing_images_are_added(
+    api_server: ApiServer,
+) -> None:
+    listing_id = new_listing(api_server)  # no images yet
+    listing_image = plain_jpeg(seed=61)
+    wrong_item = new_claim(api_server, listing_id, reason="wrong_item")
+    reused = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        before = buyer.post(
+            f"/v1/claims/{wrong_item}/evidence", files=files(red_patch_jpeg(seed=62))
+        ).json()
+    with api_server.client(api_server.keys["other_buyer"]) as other:
+        # The seller's own photo, before the seller put it on the listing.
+        other.post(f"/v1/claims/{reused}/evidence", files=files(listing_image))
+    assert before["data"][0]["mismatch"] is None
+    assert "listing has no images to compare with" in before["triage"]["reasons"]
+    with api_server.client(api_server.keys["admin"]) as admin:
+        added = admin.post(f"/v1/listings/{listing_id}/images", files=files(listing_image))
+    assert added.status_code == 201, added.text
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        compared = reviewer.get(f"/v1/claims/{wrong_item}").json()
+        flagged = reviewer.get(f"/v1/claims/{reused}").json()
+        audit = reviewer.get(f"/v1/claims/{wrong_item}/audit").json()
+    assert compared["photos"][0]["mismatch"] is not None
+    assert compared["photos"][0]["damage"] == before["data"][0]["damage"]  # kept as it was
+    assert compared["triage"]["support"] is not None
+    assert "listing has no images to compare with" not in compared["triage"]["reasons"]
+    assert "evidence_rescored" in [event["action"] for event in audit["data"]]
+    assert "listing_photo_reuse" in [issue["code"] for issue in flagged["photos"][0]["issues"]]
+    assert flagged["triage"]["lane"] == "suspicious"
+
+
 # --- the buyer-side check -------------------------------------------------------------------
 
 

@@ -282,6 +282,17 @@ def claim_photos_by_claim(
     return photos
 
 
+def open_claim_photos_on_listing(session: Session, *, listing_id: str) -> list[ClaimPhoto]:
+    """The evidence photos of the listing's open claims, by claim and position."""
+    query = (
+        select(ClaimPhoto)
+        .join(Claim, Claim.claim_id == ClaimPhoto.claim_id)
+        .where(Claim.listing_id == listing_id, Claim.status.in_(OPEN_STATUSES))
+        .order_by(ClaimPhoto.claim_id, ClaimPhoto.position)
+    )
+    return list(session.scalars(query))
+
+
 def claim_photo(session: Session, *, claim_id: str, photo_id: str) -> ClaimPhoto | None:
     return session.get(ClaimPhoto, (claim_id, photo_id))
 

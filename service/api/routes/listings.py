@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import schemas, views
 from service.api.deps import AdminKey, ReviewerOrAdminKey, RuntimeDep
+from service.api.listing_rescore import rescore_listing_evidence
 from service.api.photo_uploads import accept_photos, read_photo_files, store_photo
 from service.api.problems import ProblemError
 from service.api.runtime import Runtime, utcnow
@@ -104,6 +105,8 @@ def store_listing_images(
             detail={"photo_ids": [image.photo_id for image in added]},
             now=now,
         )
+    # Claims already open on this listing were compared with fewer images: compare them again.
+    rescore_listing_evidence(runtime, listing_id, actor=_actor(key), now=now)
     return schemas.ListingImagesPublic(listing_id=listing_id, data=added, count=len(added))
 
 

@@ -1,0 +1,97 @@
+"""Evidence compared again with its listing after the listing's images change.
+
+Mismatch and listing-photo reuse are judged against the listing's images at upload time. When
+an admin adds images to a listing later, the open claims on it keep scores made against fewer
+images: a mismatch of null with the reason "listing has no images to compare with", or a photo
+that is the seller's own new listing image not flagged. `rescore_listing_evidence` runs each
+open claim's evidence photos through the shared assessor against every image of the listing now,
+stores the new `mismatch`, `match_similarity` and `listing_photo_reuse` finding, keeps what the
+listing does not change (damage, the damage map, the other findings, duplicates across claims,
+which belong to the order of uploads), and re-triages those claims with an audit entry each.
+
+It runs in the request that added the images, after they are committed: an admin's request,
+rare, and bounded by the photos of the listing's open claims (one model run for all of them).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+from service.api.runtime import Runtime
+from service.api.triage import retriage
+from service.checks import LISTING_PHOTO_REUSE
+from service.db import crud
+from service.db.session import transaction
+from service.intake import PhotoRejected, open_photo
+from service.store import PhotoCorrupted, PhotoNotFound
+
+
+def merged_issues(
+    stored: list[dict[str, Any]], rescored: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The stored findings with the listing-reuse finding replaced by the rescored one's."""
+    code = LISTING_PHOTO_REUSE.code
+    kept = [issue for issue in stored if issue["code"] != code]
+    return kept + [issue for issue in rescored if issue["code"] == code]
+
+
+def rescore_listing_evidence(
+    runtime: Runtime, listing_id: str, *, actor: crud.Actor, now: datetime
+) -> int:
+    """Compare the evidence of the listing's open claims with its images now; returns how many
+    claims were re-triaged. A photo whose original cannot be read keeps its scores."""
+    with runtime.sessions() as session:
+        rows = crud.open_claim_photos_on_listing(session, listing_id=listing_id)
+        listing_ids = [
+            image.photo_id
+            for image, _ in crud.listing_images_with_photos(session, listing_id=listing_id)
+        ]
+    if not rows:
+        return 0
+    photos = {}
+    for photo_id in {row.photo_id for row in rows}:
+        try:
+            photos[photo_id] = open_photo(runtime.store.get(photo_id))
+        except (PhotoNotFound, PhotoCorrupted, PhotoRejected):
+            continue
+    listing_photos = [runtime.listing_photo(photo_id) for photo_id in listing_ids]
+    # No duplicate index: duplicates across claims were judged at upload, in upload order.
+    assessments = {
+        assessment.photo_id: assessment
+        for assessment in runtime.assessor.assess_many(
+            list(photos.values()), listing_photos=listing_photos
+        )
+    }
+    changed: dict[str, list[str]] = defaultdict(list)
+    with transaction(runtime.sessions) as session:
+        for row in crud.open_claim_photos_on_listing(session, listing_id=listing_id):
+            assessment = assessments.get(row.photo_id)
+            if assessment is None:
+                continue
+            row.mismatch = assessment.mismatch
+            row.match_similarity = assessment.match_similarity
+            row.issues = merged_issues(row.issues, [issue.to_dict() for issue in assessment.issues])
+            changed[row.claim_id].append(row.photo_id)
+        session.flush()
+        for claim_id, photo_ids in changed.items():
+            claim = crud.get_claim(session, claim_id=claim_id)
+            if claim is None:
+                continue
+            retriage(session, claim, policy=runtime.policy, now=now)
+            crud.record_audit(
+                session,
+                actor=actor,
+                action="evidence_rescored",
+                claim_id=claim_id,
+                listing_id=listing_id,
+                detail={
+                    "why": "listing images added",
+                    "photo_ids": photo_ids,
+                    "lane": claim.lane,
+                    "priority": claim.priority,
+                },
+                now=now,
+            )
+    return len(changed)
