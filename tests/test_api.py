@@ -673,6 +673,31 @@ def test_open_claims_are_compared_again_when_listing_images_are_added(
 # --- the buyer-side check -------------------------------------------------------------------
 
 
+def test_evidence_check_for_a_claim_does_not_call_its_own_photos_reuse(
+    api_server: ApiServer,
+) -> None:
+    listing_id = new_listing(api_server, plain_jpeg(seed=71))
+    claim_id = new_claim(api_server, listing_id)
+    other_claim = new_claim(api_server, listing_id, key=api_server.keys["other_buyer"])
+    photo = red_patch_jpeg(seed=72)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        assert buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(photo)).status_code == 201
+        plain = buyer.post("/v1/evidence/check", files=files(photo, field="file"))
+        for_its_claim = buyer.post(
+            "/v1/evidence/check", files=files(photo, field="file"), data={"claim_id": claim_id}
+        )
+        not_theirs = buyer.post(
+            "/v1/evidence/check", files=files(photo, field="file"), data={"claim_id": other_claim}
+        )
+    codes = {
+        name: [i["code"] for i in r.json()["issues"]]
+        for name, r in {"plain": plain, "own": for_its_claim}.items()
+    }
+    assert "duplicate_across_claims" in codes["plain"]  # stored in a claim; which is not known
+    assert "duplicate_across_claims" not in codes["own"]
+    assert_problem(not_theirs, 404, "claim_not_found")
+
+
 def test_evidence_check_gives_findings_without_storing(api_server: ApiServer) -> None:
     listing_image = plain_jpeg(seed=41)
     listing_id = new_listing(api_server, listing_image)

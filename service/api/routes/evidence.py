@@ -46,6 +46,7 @@ MULTIPART_FILE = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "listing_id": {"type": "string"},
+                        "claim_id": {"type": "string"},
                     },
                 }
             }
@@ -195,9 +196,19 @@ async def upload_evidence(
 
 
 def _check(runtime: Runtime, key: ApiKey, body: MultipartBody) -> schemas.EvidenceCheckPublic:
-    del key  # any buyer may check a photo; nothing is stored
     upload = body.files[0]
     listing_id = body.fields.get("listing_id") or None
+    # The claim the photo is meant for (optional, the buyer's own): its photos are no reuse, and
+    # its listing is the one compared with when no listing_id is given.
+    own_refs: frozenset[str] = frozenset()
+    if claim_id := body.fields.get("claim_id") or None:
+        with runtime.sessions() as session:
+            claim = load_claim(session, claim_id, key)
+            listing_id = listing_id or claim.listing_id
+            own_refs = frozenset(
+                evidence_ref(claim_id, row.photo_id)
+                for row in crud.claim_photos(session, claim_id=claim_id)
+            )
     listing_photos: list[Photo] = []
     if listing_id is not None:
         with runtime.sessions() as session:
@@ -224,6 +235,7 @@ def _check(runtime: Runtime, key: ApiKey, body: MultipartBody) -> schemas.Eviden
         photo,
         listing_photos=listing_photos,
         duplicate_index=runtime.duplicates,
+        exclude_refs=own_refs,
         duplicate_lock=runtime.duplicates_lock,
     )
     public = [schemas.IssuePublic.model_validate(issue.to_dict()) for issue in findings.issues]
@@ -243,8 +255,11 @@ def _check(runtime: Runtime, key: ApiKey, body: MultipartBody) -> schemas.Eviden
     response_model=schemas.EvidenceCheckPublic,
     responses=PROBLEMS,
     openapi_extra=MULTIPART_FILE,
-    summary="Instant quality feedback on one photo (multipart `file`, optional `listing_id`)",
-    description="Fast (no model run) and stateless. A file that is not a readable photo gets a "
+    summary="Instant quality feedback on one photo (multipart `file`, optional `listing_id`, "
+    "`claim_id`)",
+    description="Fast (no model run) and stateless. With `claim_id` (one of the buyer's own "
+    "claims), that claim's photos are not reported as reuse and its listing is compared with "
+    "unless `listing_id` is given. A file that is not a readable photo gets a "
     "422 problem document whose `issues` holds the `unsupported_format` or `corrupt` finding "
     "(message and retake tip); size caps give 413.",
 )
