@@ -70,13 +70,22 @@ class PhotoStore:
         return is_photo_id(photo_id) and self.path_for(photo_id).is_file()
 
     def put(self, data: bytes) -> str:
-        """Store `data` and return its photo id (the SHA-256 hex of the bytes)."""
+        """Store `data` and return its photo id (the SHA-256 hex of the bytes). A stored copy
+        that no longer matches its hash (damaged on disk) is replaced by these bytes, which do:
+        uploading the same photo again repairs it."""
         photo_id = hashlib.sha256(data).hexdigest()
         target = self.path_for(photo_id)
-        if target.is_file():
+        if target.is_file() and self._intact(photo_id):
             return photo_id
         write_atomically(target, data)
         return photo_id
+
+    def _intact(self, photo_id: str) -> bool:
+        try:
+            self.get(photo_id)
+        except (PhotoNotFound, PhotoCorrupted):
+            return False
+        return True
 
     def get(self, photo_id: str) -> bytes:
         """The original bytes; raises PhotoNotFound or PhotoCorrupted."""

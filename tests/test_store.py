@@ -55,6 +55,14 @@ def test_corruption_on_disk_is_detected(tmp_path: Path) -> None:
         store.get(photo_id)
 
 
+def test_uploading_the_same_bytes_again_repairs_a_damaged_copy(tmp_path: Path) -> None:
+    store = PhotoStore(tmp_path)
+    photo_id = store.put(b"pristine")
+    store.path_for(photo_id).write_bytes(b"pris")  # truncated on disk
+    assert store.put(b"pristine") == photo_id
+    assert store.get(photo_id) == b"pristine"
+
+
 @pytest.mark.parametrize(
     "photo_id",
     ["0" * 64, "../" + "0" * 61, "A" * 64, "not-a-hash", ""],
