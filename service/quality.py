@@ -102,6 +102,7 @@ class QualityMetrics:
 
     width: int
     height: int
+    aspect: float  # the picture's longer side over its shorter one (padding cut off)
     sharpness: float
     exposure: Exposure
     detail: float
@@ -232,6 +233,7 @@ def measure_grey(grey: np.ndarray, original_size: tuple[int, int]) -> QualityMet
     return QualityMetrics(
         width=width,
         height=height,
+        aspect=max(grey.shape) / max(1, min(grey.shape)),
         sharpness=sharpness(grey),
         exposure=exposure(grey),
         detail=coarse_detail(grey),
@@ -246,20 +248,22 @@ def measure_grey(grey: np.ndarray, original_size: tuple[int, int]) -> QualityMet
 class QualityThresholds:
     """Decision thresholds. The shipped values are fitted by training/quality_thresholds.py.
 
-    A photo is `too_small` when its shorter original side is below `min_short_side`,
-    `low_detail` when its coarse detail is below `low_detail` and it shows no distinct outline
-    (an outline has `outline_strength` grey levels or more and stands out `outline_contrast`
-    times from the frame's median step; these two are set in bench/outline_study.py, not
-    fitted, since the fitting photos hold no item that is hard to tell from its background),
-    `too_dark` when its
-    95th-percentile brightness is below `dark_warning` (a blocker below `dark_blocker`),
-    `overexposed` when the fraction of clipped highlights (less a white background) is above
-    `bright_warning` (`bright_blocker`), and `blurry` when its sharpness is below
-    `blurry_warning` (`blurry_blocker`). The defaults are only a fallback for a missing JSON
-    file.
+    A photo is `too_small` when its shorter original side is below `min_short_side` (a blocker),
+    or as a warning when its picture is more than `max_aspect` times as long as it is wide (a
+    panorama or a thin strip: in the model's square input the item is a sliver); both are rules,
+    not fitted. It is `low_detail` when its coarse detail is below `low_detail` and it shows no
+    distinct outline (an outline has `outline_strength` grey levels or more and stands out
+    `outline_contrast` times from the frame's median step; these two are set in
+    bench/outline_study.py, not fitted, since the fitting photos hold no item that is hard to
+    tell from its background), `too_dark` when its 95th-percentile brightness is below
+    `dark_warning` (a blocker below `dark_blocker`), `overexposed` when the fraction of clipped
+    highlights (less a white background) is above `bright_warning` (`bright_blocker`), and
+    `blurry` when its sharpness is below `blurry_warning` (`blurry_blocker`). The defaults are
+    only a fallback for a missing JSON file.
     """
 
     min_short_side: int = 224
+    max_aspect: float = 3.0
     low_detail: float = 0.1
     dark_warning: float = 130.0
     dark_blocker: float = 80.0
@@ -297,6 +301,10 @@ _RETAKE_SMALL = (
     "Send the original photo from your camera or gallery, not a thumbnail or a screenshot, "
     "and fill the frame with the item."
 )
+_RETAKE_STRIP = (
+    "Take a normal photo instead of a panorama, or crop this one to the item, so the item fills "
+    "most of the frame."
+)
 _RETAKE_BLUR = (
     "Hold the phone steady (lean on something), tap the item on screen to focus, and keep about "
     "30 cm away; wipe the lens if the picture looks hazy."
@@ -317,15 +325,23 @@ _RETAKE_DETAIL = (
 
 def _too_small(metrics: QualityMetrics, limits: QualityThresholds) -> QualityIssue | None:
     short_side = min(metrics.width, metrics.height)
-    if short_side >= limits.min_short_side:
-        return None
-    return QualityIssue(
-        "too_small",
-        "blocker",
-        f"This photo is only {metrics.width}x{metrics.height} pixels, too small to show the "
-        "problem clearly.",
-        _RETAKE_SMALL,
-    )
+    if short_side < limits.min_short_side:
+        return QualityIssue(
+            "too_small",
+            "blocker",
+            f"This photo is only {metrics.width}x{metrics.height} pixels, too small to show the "
+            "problem clearly.",
+            _RETAKE_SMALL,
+        )
+    if metrics.aspect > limits.max_aspect:
+        return QualityIssue(
+            "too_small",
+            "warning",
+            "This photo is a very long, thin strip, so the item in it looks small and details of "
+            "the problem may not show.",
+            _RETAKE_STRIP,
+        )
+    return None
 
 
 def _exposure_issue(metrics: QualityMetrics, limits: QualityThresholds) -> QualityIssue | None:

@@ -465,6 +465,7 @@ def run(
         "held_out_photos": len({(s.product, s.photo) for s in test}),
         "variants": {v.name: v.code and f"{v.code}/{v.severity}" for v in VARIANTS},
         "min_short_side": "rule, not fitted: the model's 224 px input (see docs/quality.md)",
+        "max_aspect": "rule, not fitted: a 3:1 picture fills a third of the model's square input",
     }
     thresholds = fit_thresholds(fit, min_short_side=min_short_side)
     scores = evaluate(test, thresholds)
