@@ -822,10 +822,12 @@ class BatchJob:
                 {path for index in indexes for path, _ in rows[index].score.unusable_listing_images}
             )
             first = {name: values[indexes[0]] for name, values in manifest.items()}
-            records.append(
-                {"claim_id": claim_id, "reason": first.get("reason"), "photos": len(photos)}
-                | self._triage(first, tuple(photos), unreadable_listing)
-            )
+            record = {"claim_id": claim_id, "reason": first.get("reason"), "photos": len(photos)}
+            if not claim_id.strip():
+                # Rows that name no claim are scored, but they are no one claim to triage.
+                records.append(record | {"error": "rows with no claim_id: not triaged"})
+                continue
+            records.append(record | self._triage(first, tuple(photos), unreadable_listing))
         return pa.Table.from_pylist(records, schema=CLAIM_SCHEMA)
 
     def _triage(

@@ -430,6 +430,16 @@ def test_the_same_photo_twice_in_a_claim_counts_once(engine, images_root, tmp_pa
     assert "duplicate_across_claims" not in read_any(out)[1]["quality_codes"]
 
 
+def test_rows_without_a_claim_id_are_scored_but_not_triaged(engine, images_root, tmp_path):
+    rows = [{"claim_id": "", "photo": "a1.jpg"}, {"claim_id": "", "photo": "a2.jpg"}]
+    manifest = write_manifest(tmp_path / "m.jsonl", rows)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, images_root, out)
+    assert [row["damage"] is not None for row in read_any(out)] == [True, True]
+    [claim] = read_any(claims_path(out))
+    assert claim["error"] == "rows with no claim_id: not triaged" and claim["lane"] is None
+
+
 @pytest.mark.parametrize("manifest_ext", [".csv", ".jsonl"])
 def test_claims_without_a_reason_are_triaged_on_their_evidence(
     engine, images_root, tmp_path: Path, manifest_ext: str
