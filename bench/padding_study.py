@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from service.intake import open_photo
 from service.quality import (
@@ -70,6 +70,23 @@ def padded(
     return apply
 
 
+def gallery_screenshot(colour: tuple[int, int, int]) -> Callable[[Image.Image], Image.Image]:
+    """The photo in a phone's gallery app: a status bar's glyphs above, a toolbar's below."""
+    pad = padded((400, 300), (400, 866), colour)
+    ink = tuple(255 - value for value in colour)
+
+    def apply(image: Image.Image) -> Image.Image:
+        screen = pad(image)
+        draw = ImageDraw.Draw(screen)
+        font = ImageFont.load_default(size=16)
+        draw.text((16, 8), "9:41", fill=ink, font=font)
+        draw.text((320, 8), "5G 87%", fill=ink, font=font)
+        draw.text((24, 820), "Share     Edit     Like     Delete", fill=ink, font=font)
+        return screen
+
+    return apply
+
+
 PADDINGS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "white letterbox (4:3 on a square)": padded((400, 300), (400, 400), WHITE),
     "black letterbox (4:3 on a square)": padded((400, 300), (400, 400), BLACK),
@@ -77,6 +94,8 @@ PADDINGS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "phone screenshot, light (4:3 on 9:19.5)": padded((400, 300), (400, 866), WHITE),
     "phone screenshot, dark (4:3 on 9:19.5)": padded((400, 300), (400, 866), BLACK),
     "PNG with transparent bands": padded((400, 300), (400, 400), (0, 0, 0, 0)),
+    "gallery screenshot, light (status bar and toolbar)": gallery_screenshot(WHITE),
+    "gallery screenshot, dark (status bar and toolbar)": gallery_screenshot(BLACK),
 }
 
 

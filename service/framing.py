@@ -23,12 +23,15 @@ from PIL import Image
 # always downscaled the same way a phone photo is; images smaller than this are not upscaled
 # (upscaling would fabricate blur), and they are too_small anyway.
 ANALYSIS_SIDE = 256
-# Padding: a line belongs to a flat band when PADDING_FLAT_SHARE of it is within
-# PADDING_TOLERANCE grey levels of the outermost line's median (JPEG ringing stays within it);
-# the band ends at a seam that differs along at least PADDING_SEAM_SHARE of its length.
+# Padding: a band is the lines from an edge up to a seam, the first line that differs from the
+# outermost line's colour (its median, give or take PADDING_TOLERANCE grey levels: JPEG ringing
+# stays within it) along PADDING_SEAM_SHARE of its length, where the picture begins. The band's
+# lines must be of that colour along PADDING_FLAT_SHARE of their length on average and along
+# PADDING_LINE_SHARE of each (a phone's status bar or toolbar puts a line of glyphs in a band).
 PADDING_TOLERANCE = 6.0
-PADDING_FLAT_SHARE = 0.98
 PADDING_SEAM_SHARE = 0.9
+PADDING_FLAT_SHARE = 0.9
+PADDING_LINE_SHARE = 0.5
 PADDING_MIN_KEPT = 0.25
 
 
@@ -48,17 +51,19 @@ def _band_depth(lines: np.ndarray) -> int:
     """How many of `lines` (the frame's lines from one edge inwards) form a padding band: lines
     of one flat colour, up to a straight edge where the picture begins. 0 when there is none."""
     colour = np.median(lines[0])
-    flat = (np.abs(lines - colour) <= PADDING_TOLERANCE).mean(axis=1) >= PADDING_FLAT_SHARE
-    depth = int(np.argmin(flat)) if not flat.all() else 0
-    if depth == 0:
+    flat = (np.abs(lines - colour) <= PADDING_TOLERANCE).mean(axis=1)
+    seams = np.flatnonzero(flat <= 1.0 - PADDING_SEAM_SHARE)
+    if seams.size == 0 or seams[0] == 0:
         return 0
-    # The picture must begin along nearly all of the band's length (within two lines: the
-    # downscale blends the one at the seam). A white backdrop ends where an item's outline
-    # does, along part of the line, so an item on white is not cut out of its background.
-    seam = lines[depth : depth + 2]
-    begins = (np.abs(seam - colour) > PADDING_TOLERANCE).mean(axis=1).max()
-    # The seam line itself goes with the band: it blends the two.
-    return depth + 1 if begins >= PADDING_SEAM_SHARE else 0
+    seam = int(seams[0])
+    # The line before the seam may blend band and picture (the downscale): not held to the rule.
+    band = flat[: max(1, seam - 1)]
+    if band.mean() < PADDING_FLAT_SHARE or band.min() < PADDING_LINE_SHARE:
+        # Not flat: a scene (a wall, a sky), or an item on white whose outline meets the white
+        # along part of a line only, so no straight edge is where the picture begins.
+        return 0
+    # The seam line goes with the band too: at the downscale's scale it may still blend the two.
+    return seam + 1
 
 
 def padding_box(grey: np.ndarray) -> tuple[float, float, float, float]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import encode, textured_image
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from service.framing import ANALYSIS_SIDE, analysis_grey, padding_box, picture_of
 from service.intake import open_photo
@@ -81,3 +81,18 @@ def test_picture_of_cuts_a_screenshots_margins_and_keeps_a_plain_photo() -> None
     assert picture_of(picture) is picture
     photo = open_photo(encode(screenshot, "PNG"))
     assert photo.picture.size[1] < photo.image.size[1] / 2
+
+
+def test_a_status_bar_of_glyphs_stays_in_the_band() -> None:
+    """A phone's gallery screenshot: the time and battery above the photo, a toolbar below."""
+    picture = textured_image(1080, 810, seed=5)
+    screenshot = Image.new("RGB", (1080, 2340), (0, 0, 0))
+    draw = ImageDraw.Draw(screenshot)
+    font = ImageFont.load_default(size=40)
+    draw.text((40, 20), "9:41", fill=(255, 255, 255), font=font)
+    draw.text((900, 20), "5G 87%", fill=(255, 255, 255), font=font)
+    draw.text((40, 2200), "Share   Edit   Delete", fill=(255, 255, 255), font=font)
+    screenshot.paste(picture, (0, 765))
+    working = screenshot.resize((207, 448))  # as intake decodes it
+    cut = picture_of(working)
+    assert cut.width == 207 and 140 <= cut.height <= 155  # the photo's 155 lines, edges trimmed
