@@ -1,16 +1,17 @@
 """Photo quality checks: pure metrics, thresholds fitted from data, and buyer-facing findings.
 
 Three layers, kept apart so each can be tested and tuned on its own:
-- metrics (`analysis_grey`, `sharpness`, `exposure`, `coarse_detail`, `outline`, `measure`):
-  numbers computed from pixels, with no opinion about what is good;
+- metrics (`sharpness`, `exposure`, `coarse_detail`, `outline`, `measure`): numbers computed
+  from pixels, with no opinion about what is good;
 - thresholds (`QualityThresholds`): loaded from `quality_thresholds.json`, which
   `training/quality_thresholds.py` writes from a labelled set of degraded grocery photos;
 - decisions (`quality_issues`): metrics compared with thresholds, with a precedence between
   checks and a message and retake tip for each finding.
 
-Every resolution-dependent metric is measured on a greyscale copy whose longest side is
-`ANALYSIS_SIDE` pixels, so a threshold fitted on 348 px grocery photos means the same on a
-4000x3000 phone photo. `too_small` alone judges the original size the camera wrote.
+Every resolution-dependent metric is measured on the analysis copy of the photo's picture
+(`service.framing`: greyscale, longest side `ANALYSIS_SIDE` pixels, padding bands cut off), so a
+threshold fitted on 348 px grocery photos means the same on a 4000x3000 phone photo. `too_small`
+alone judges the original size the camera wrote.
 
 No web or database imports: this is part of the inference core.
 """
