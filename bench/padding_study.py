@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from service.framing import analysis_grey
 from service.intake import open_photo
 from service.quality import (
     DEFAULT_THRESHOLDS,
     QualityMetrics,
-    analysis_grey,
     decide,
     measure,
     measure_grey,

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from service.framing import analysis_grey
 from service.intake import open_photo
-from service.quality import DEFAULT_THRESHOLDS, Exposure, analysis_grey, exposure
+from service.quality import DEFAULT_THRESHOLDS, Exposure, exposure
 from training.config import TrainConfig
 from training.quality_thresholds import exposure_shift, read_grocery_photos
 

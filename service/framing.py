@@ -14,6 +14,7 @@ Pure image logic, no I/O: part of the inference core.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -81,16 +82,26 @@ def padding_box(grey: np.ndarray) -> tuple[float, float, float, float]:
     return (left / width, top / height, 1 - right / width, 1 - bottom / height)
 
 
-def picture_of(image: Image.Image) -> Image.Image:
-    """`image` without its padding bands (`padding_box` on its analysis copy), or `image` itself
-    when it has none."""
-    box = padding_box(analysis_grey(image))
+@dataclass(frozen=True)
+class Framed:
+    """A photo's picture and the picture's analysis copy."""
+
+    picture: Image.Image
+    analysis: np.ndarray
+
+
+def framed(image: Image.Image) -> Framed:
+    """`image` without its padding bands (`padding_box` on its analysis copy), with the
+    picture's own analysis copy; `image` and the copy already made when it has no bands (most
+    photos), so that copy is made once."""
+    grey = analysis_grey(image)
+    box = padding_box(grey)
     if box == (0.0, 0.0, 1.0, 1.0):
-        return image
+        return Framed(image, grey)
     width, height = image.size
     left, top, right, bottom = box
     # Rounded inwards, so that no line of a band is left at the picture's edge.
-    return image.crop(
+    picture = image.crop(
         (
             math.ceil(left * width),
             math.ceil(top * height),
@@ -98,3 +109,9 @@ def picture_of(image: Image.Image) -> Image.Image:
             math.floor(bottom * height),
         )
     )
+    return Framed(picture, analysis_grey(picture))
+
+
+def picture_of(image: Image.Image) -> Image.Image:
+    """`image` without its padding bands, or `image` itself when it has none."""
+    return framed(image).picture

@@ -27,7 +27,7 @@ import numpy as np
 import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
-from service.framing import picture_of
+from service.framing import Framed, framed
 
 pillow_heif.register_heif_opener()
 
@@ -91,10 +91,15 @@ class Photo:
     orientation: int
 
     @cached_property
+    def framing(self) -> Framed:
+        """`image` without flat padding bands around it, and that picture's greyscale analysis
+        copy (service.framing): what the model scores and the quality checks measure. Found
+        once per photo."""
+        return framed(self.image)
+
+    @property
     def picture(self) -> Image.Image:
-        """`image` without flat padding bands around it (service.framing): what the quality
-        checks measure and the model scores. Found once per photo."""
-        return picture_of(self.image)
+        return self.framing.picture
 
 
 def sha256_hex(data: bytes) -> str:

@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from service.framing import analysis_grey
 from service.intake import Photo, PhotoRejected
 
 Severity = Literal["blocker", "warning"]
@@ -225,7 +224,7 @@ def measure(photo: Photo) -> QualityMetrics:
     contrast-normalised sharpness; the picture gets its own analysis copy, so a blurred photo
     inside a tall screenshot is measured at the scale every threshold was fitted at, not at the
     few pixels it had in the whole frame's copy."""
-    return measure_grey(analysis_grey(photo.picture), photo.original_size)
+    return measure_grey(photo.framing.analysis, photo.original_size)
 
 
 def measure_grey(grey: np.ndarray, original_size: tuple[int, int]) -> QualityMetrics:
