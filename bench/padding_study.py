@@ -6,7 +6,7 @@ A photo padded to a square with white, a phone screenshot with blank margins abo
 or a PNG with transparent edges used to be measured with its bands: white bars read as a
 washed-out photo (an `overexposed` blocker on almost every one) and lowered the
 contrast-normalised sharpness (`blurry` warnings). Since session 10 `service.quality.measure`
-measures `Photo.picture` (`service.framing.picture_of`: the bands cut off, lines of one flat
+measures `Photo.picture` (`service.framing.framed`: the bands cut off, lines of one flat
 colour up to a straight edge where the picture begins). This prints, for padded copies of clean
 grocery phone photos and for photos that must not change (the web package photos, many of them
 letterboxed by their dataset; the catalog images, items on white; clean and +2.5 EV phone

@@ -173,7 +173,8 @@ class Assessor:
             photo.photo_id: photo for photo in listing_photos if cached[photo.photo_id] is None
         }
         if missing:
-            outputs = self.engine.infer([photo.image for photo in missing.values()])
+            # The picture, as for evidence: a padded image embeds as its padded copy does.
+            outputs = self.engine.infer([photo.picture for photo in missing.values()])
             for photo_id, output in zip(missing, outputs, strict=True):
                 self.listing_embeddings.put(photo_id, output.embedding)
                 cached[photo_id] = output.embedding

@@ -27,8 +27,9 @@ that row, removed rows are ignored and added rows are scored. Duplicates across 
 claim file depend on the whole manifest and its order, so they are never saved: they are worked
 out from all the rows when the output is assembled, and a resumed run writes what a fresh run of
 the same manifest would. (Rescoring the changed rows rather than refusing the resume keeps an
-analyst's hours of scoring when a manifest is corrected.) The files under the images root are
-trusted not to change between the runs.
+analyst's hours of scoring when a manifest is corrected.) Rows that failed are tried again (a
+missing file may have been added since). The files under the images root are trusted not to
+change between the runs: a photo replaced under the same path keeps its earlier result.
 
 Duplicate detection across claims runs in manifest order with the API's duplicate index and
 look-up (`service.checks.find_duplicates`, each photo stored under its crop windows).
@@ -592,7 +593,8 @@ def scored_rows(
             duplicate_claims = duplicates.duplicate_claims(
                 claim_id, score.window_hashes, [code for code, _ in score.issues]
             )
-            duplicates.add(claim_id, score.photo_id, score.window_hashes)
+            if claim_id.strip():  # a row of no claim is no claim's evidence to be reused
+                duplicates.add(claim_id, score.photo_id, score.window_hashes)
         rows.append(
             ScoredRow(
                 claim_id,
@@ -657,10 +659,12 @@ class BatchJob:
         if not self.resume:
             self._clear_parts()
         self.parts.mkdir(parents=True, exist_ok=True)
+        # A row that failed is tried again: its file may have been put right since.
         saved = {
             score.fingerprint: score
             for score in saved_scores
             if score.fields["model_version"] == self.engine.model_version
+            and score.fields["error"] is None
         }
         resumed = sum(item.fingerprint in saved for item in inputs)
         if resumed:
@@ -681,18 +685,28 @@ class BatchJob:
             )
             scores |= self._write_parts(scored, rows_per_input)
         rows = scored_rows(
-            [str(claim_id) for claim_id in self.table["claim_id"].to_pylist()], inputs, scores
+            [
+                "" if claim_id is None else str(claim_id)
+                for claim_id in self.table["claim_id"].to_pylist()
+            ],
+            inputs,
+            scores,
         )
         output = self._assemble(rows)
         claims = self.claim_table(rows)
         write_table(output, self.out, self.out_format)
         write_table(claims, claims_path(self.out), self.out_format)
-        used = {item.fingerprint for item in inputs} & saved.keys()
+        wanted = {item.fingerprint for item in inputs}
         return BatchSummary(
             rows=self.table.num_rows,
             scored_now=self.table.num_rows - resumed,
             resumed=resumed,
-            unused_saved=len(saved_scores) - len(used),
+            # Saved results no row has now, or from another model (failed rows are retried).
+            unused_saved=sum(
+                score.fingerprint not in wanted
+                or score.fields["model_version"] != self.engine.model_version
+                for score in saved_scores
+            ),
             errors=sum(value is not None for value in output["error"].to_pylist()),
             claims=claims.num_rows,
             out=self.out,

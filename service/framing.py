@@ -4,7 +4,7 @@ A photo padded to a square, a phone screenshot with blank margins above and belo
 transparent edges carries bands that are not part of the scene. Measured or scored with them,
 white bars read as a washed-out photo, every bar lowers the contrast-normalised sharpness, and the
 model, which never saw phone frames in training, finds damage in them (a quarter of the intact
-photos in a screenshot frame scored above 0.5, against 2 % without it). `picture_of` cuts them off;
+photos in a screenshot frame scored above 0.5, against 2 % without it). `framed` cuts them off;
 `service.intake.Photo.picture` is the decoded photo's picture, what the quality checks measure and
 the model scores.
 
@@ -34,6 +34,10 @@ PADDING_SEAM_SHARE = 0.9
 PADDING_FLAT_SHARE = 0.9
 PADDING_LINE_SHARE = 0.5
 PADDING_MIN_KEPT = 0.25
+# Frames with fewer lines than this (a thumbnail, a 1-px strip) are not cut: too few lines to
+# tell a band from the picture.
+PADDING_MIN_SIDE = 16
+FULL_FRAME = (0.0, 0.0, 1.0, 1.0)
 
 
 def analysis_grey(image: Image.Image, side: int = ANALYSIS_SIDE) -> np.ndarray:
@@ -59,9 +63,15 @@ def _band_depth(lines: np.ndarray) -> int:
     seam = int(seams[0])
     # The line before the seam may blend band and picture (the downscale): not held to the rule.
     band = flat[: max(1, seam - 1)]
-    if band.mean() < PADDING_FLAT_SHARE or band.min() < PADDING_LINE_SHARE:
-        # Not flat: a scene (a wall, a sky), or an item on white whose outline meets the white
-        # along part of a line only, so no straight edge is where the picture begins.
+    if (
+        band.mean() < PADDING_FLAT_SHARE
+        or band.min() < PADDING_LINE_SHARE
+        # Sharp: flat up to the blended line. A smooth gradient (a sky, an evenly lit wall)
+        # drifts off the colour over many lines and has no such edge.
+        or band[-1] < PADDING_FLAT_SHARE
+    ):
+        # Not flat: a scene, or an item on white whose outline meets the white along part of a
+        # line only, so no straight edge is where the picture begins.
         return 0
     # The seam line goes with the band too: at the downscale's scale it may still blend the two.
     return seam + 1
@@ -73,6 +83,8 @@ def padding_box(grey: np.ndarray) -> tuple[float, float, float, float]:
     (left, top, right, bottom). The whole frame when there are none, or when cutting them would
     leave less than `PADDING_MIN_KEPT` of a side."""
     height, width = grey.shape
+    if min(height, width) < PADDING_MIN_SIDE:
+        return FULL_FRAME
     top, bottom = _band_depth(grey), _band_depth(grey[::-1])
     left, right = _band_depth(grey.T), _band_depth(grey.T[::-1])
     if height - top - bottom < PADDING_MIN_KEPT * height:
@@ -84,10 +96,12 @@ def padding_box(grey: np.ndarray) -> tuple[float, float, float, float]:
 
 @dataclass(frozen=True)
 class Framed:
-    """A photo's picture and the picture's analysis copy."""
+    """A photo's picture, the picture's analysis copy, and where the picture is in the photo
+    (`padding_box`'s fractions)."""
 
     picture: Image.Image
     analysis: np.ndarray
+    box: tuple[float, float, float, float]
 
 
 def framed(image: Image.Image) -> Framed:
@@ -96,8 +110,8 @@ def framed(image: Image.Image) -> Framed:
     photos), so that copy is made once."""
     grey = analysis_grey(image)
     box = padding_box(grey)
-    if box == (0.0, 0.0, 1.0, 1.0):
-        return Framed(image, grey)
+    if box == FULL_FRAME:
+        return Framed(image, grey, box)
     width, height = image.size
     left, top, right, bottom = box
     # Rounded inwards, so that no line of a band is left at the picture's edge.
@@ -109,9 +123,4 @@ def framed(image: Image.Image) -> Framed:
             math.floor(bottom * height),
         )
     )
-    return Framed(picture, analysis_grey(picture))
-
-
-def picture_of(image: Image.Image) -> Image.Image:
-    """`image` without its padding bands, or `image` itself when it has none."""
-    return framed(image).picture
+    return Framed(picture, analysis_grey(picture), box)

@@ -182,7 +182,9 @@ class _Support:
 def triage_claim(facts: ClaimFacts, *, config: PolicyConfig, now: datetime) -> Triage:
     """Support, sufficiency, lane, priority and reasons for one claim at time `now`."""
     if facts.reason not in (*CLAIM_REASONS, UNSPECIFIED_REASON):
-        raise ValueError(f"unknown claim reason {facts.reason!r}; expected one of {CLAIM_REASONS}")
+        raise ValueError(
+            f"unknown claim reason {facts.reason!r}; expected one of {CLAIM_REASONS}, or none"
+        )
     thresholds = _thresholds(config)
     deadline = facts.opened_at + timedelta(days=config.deadline_days)
     sufficiency, sufficiency_reasons = _sufficiency(facts, config)
@@ -263,20 +265,26 @@ def _support(facts: ClaimFacts, thresholds: _Thresholds, config: PolicyConfig) -
     if facts.reason in DAMAGE_REASONS:
         if not usable:
             return _Support(None, (), thresholds.damage_high, thresholds.damage_low)
-        best = max(usable, key=lambda photo: photo.damage or 0.0)
+
+        # Damage on a photo the model takes for another item supports nothing about the listed
+        # one: the support comes from the photos of the listed item where there are any.
+        def off(photo: PhotoFacts) -> bool:
+            return photo.mismatch is not None and photo.mismatch >= thresholds.mismatch_high
+
+        on_listing = [photo for photo in usable if not off(photo)]
+        best = max(on_listing or usable, key=lambda photo: photo.damage or 0.0)
         damage = best.damage or 0.0
-        off_listing = best.mismatch is not None and best.mismatch >= thresholds.mismatch_high
+        doubted = [photo for photo in usable if off(photo) and (photo.damage or 0.0) >= damage]
+        doubts = [
+            f"photo {photo.index} may not show the listed item (mismatch {photo.mismatch:.2f})"
+            for photo in doubted
+        ]
         return _Support(
             damage,
-            (f"damage {damage:.2f} on photo {best.index}",)
-            + (
-                (f"photo {best.index} may not show the listed item (mismatch {best.mismatch:.2f})",)
-                if off_listing
-                else ()
-            ),
+            (f"damage {damage:.2f} on photo {best.index}", *doubts),
             thresholds.damage_high,
             thresholds.damage_low,
-            off_listing=off_listing,
+            off_listing=off(best),
         )
     if facts.reason in MISMATCH_REASONS:
         compared = [photo for photo in usable if photo.mismatch is not None]

@@ -100,9 +100,9 @@ class Outline:
 class QualityMetrics:
     """Everything the decisions need, measured once per photo."""
 
-    width: int
+    width: int  # the picture's size in the camera's pixels (padding bands cut off)
     height: int
-    aspect: float  # the picture's longer side over its shorter one (padding cut off)
+    aspect: float  # width and height over each other, the longer over the shorter
     sharpness: float
     exposure: Exposure
     detail: float
@@ -219,21 +219,26 @@ def outline(grey: np.ndarray, block: int = OUTLINE_BLOCK) -> Outline:
 
 
 def measure(photo: Photo) -> QualityMetrics:
-    """Every metric of `photo`, on the analysis copy of its picture (`Photo.picture`: without
+    """Every metric of `photo`, on the analysis copy of its picture (`Photo.framing`: without
     padding bands). Measured with them, white bars read as a washed-out photo and lower the
     contrast-normalised sharpness; the picture gets its own analysis copy, so a blurred photo
     inside a tall screenshot is measured at the scale every threshold was fitted at, not at the
-    few pixels it had in the whole frame's copy."""
-    return measure_grey(photo.framing.analysis, photo.original_size)
+    few pixels it had in the whole frame's copy. Sizes are the picture's in the camera's pixels:
+    a small photo inside a large screenshot is small."""
+    width, height = photo.original_size
+    left, top, right, bottom = photo.framing.box
+    picture_size = (round(width * (right - left)), round(height * (bottom - top)))
+    return measure_grey(photo.framing.analysis, picture_size)
 
 
-def measure_grey(grey: np.ndarray, original_size: tuple[int, int]) -> QualityMetrics:
-    """Every metric of an analysis copy; `original_size` (width, height) is the camera's."""
-    width, height = original_size
+def measure_grey(grey: np.ndarray, size: tuple[int, int]) -> QualityMetrics:
+    """Every metric of an analysis copy of a picture `size` (width, height) camera pixels big."""
+    width, height = size
     return QualityMetrics(
         width=width,
         height=height,
-        aspect=max(grey.shape) / max(1, min(grey.shape)),
+        # From the camera's size, not the rounded analysis copy's: 900x300 is exactly 3:1.
+        aspect=max(width, height) / max(1, min(width, height)),
         sharpness=sharpness(grey),
         exposure=exposure(grey),
         detail=coarse_detail(grey),

@@ -48,6 +48,12 @@ MANIFEST_ROWS = [
     # claim D: the seller's own listing photo
     {"claim_id": "D", "photo": "listing.jpg", "listing_images": "listing.jpg", "reason": "damaged"},
 ]
+# Photos the manifest names that cannot be scored: a resume tries them again.
+FAILING = {"broken.jpg", "nowhere.jpg", "../escape.jpg"}
+
+
+def failing(rows: list[dict]) -> int:
+    return sum(row["photo"] in FAILING for row in rows)
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +274,11 @@ def test_resume_after_the_manifest_changed_reuses_only_rows_with_the_same_inputs
     resumed = resume_from(engine, images_root, manifest, job.out, tmp_path / "resumed.parquet")
     # Only the fixed row is scored again; every other row finds its own photo's results, and
     # the duplicates across claims follow the new order (a1 now repeats b1, not the reverse).
-    assert (resumed.summary.resumed, resumed.summary.scored_now) == (len(changed) - 1, 1)
+    retried = failing(changed)
+    assert (resumed.summary.resumed, resumed.summary.scored_now) == (
+        len(changed) - 1 - retried,
+        1 + retried,
+    )
     assert rows_of(resumed.out) == rows_of(fresh)
 
 
@@ -286,7 +296,11 @@ def test_resume_with_fewer_or_more_rows(engine, images_root, tmp_path, scored, r
     run_job(engine, manifest, images_root, fresh)
     resumed = resume_from(engine, images_root, manifest, job.out, tmp_path / "resumed.parquet")
     new_rows = max(0, len(rows) - len(MANIFEST_ROWS))
-    assert (resumed.summary.resumed, resumed.summary.scored_now) == (len(rows) - new_rows, new_rows)
+    retried = failing(rows[: len(MANIFEST_ROWS)])
+    assert (resumed.summary.resumed, resumed.summary.scored_now) == (
+        len(rows) - new_rows - retried,
+        new_rows + retried,
+    )
     assert resumed.summary.unused_saved == max(0, len(MANIFEST_ROWS) - len(rows))
     assert rows_of(resumed.out) == rows_of(fresh)
 
@@ -431,13 +445,34 @@ def test_the_same_photo_twice_in_a_claim_counts_once(engine, images_root, tmp_pa
 
 
 def test_rows_without_a_claim_id_are_scored_but_not_triaged(engine, images_root, tmp_path):
-    rows = [{"claim_id": "", "photo": "a1.jpg"}, {"claim_id": "", "photo": "a2.jpg"}]
+    rows = [
+        {"claim_id": "", "photo": "a1.jpg"},
+        {"claim_id": None, "photo": "a2.jpg"},
+        {"claim_id": "Q", "photo": "a1.jpg", "reason": "damaged"},  # the same photo as row 1
+    ]
     manifest = write_manifest(tmp_path / "m.jsonl", rows)
     out = tmp_path / "scores.parquet"
     run_job(engine, manifest, images_root, out)
-    assert [row["damage"] is not None for row in read_any(out)] == [True, True]
-    [claim] = read_any(claims_path(out))
-    assert claim["error"] == "rows with no claim_id: not triaged" and claim["lane"] is None
+    assert [row["damage"] is not None for row in read_any(out)] == [True, True, True]
+    claims = {claim["claim_id"]: claim for claim in read_any(claims_path(out))}
+    assert set(claims) == {"", "Q"}  # a null id is no claim "None"
+    assert claims[""]["error"] == "rows with no claim_id: not triaged"
+    assert claims[""]["lane"] is None
+    # A row of no claim is no claim's evidence: Q's photo is not "reused" from it.
+    assert claims["Q"]["lane"] != "suspicious"
+
+
+def test_resume_tries_failed_rows_again(engine, images_root, tmp_path: Path):
+    root = tmp_path / "images"
+    root.mkdir()
+    manifest = write_manifest(tmp_path / "m.csv", [{"claim_id": "L", "photo": "late.jpg"}])
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, root, out)
+    assert read_any(out)[0]["error"].startswith("unreadable")
+    (root / "late.jpg").write_bytes((images_root / "a2.jpg").read_bytes())  # the file arrives
+    run_job(engine, manifest, root, out, resume=True)
+    [row] = read_any(out)
+    assert row["error"] is None and row["damage"] is not None
 
 
 @pytest.mark.parametrize("manifest_ext", [".csv", ".jsonl"])
@@ -483,7 +518,8 @@ def test_cli_batch(engine, images_root: Path, tmp_path: Path, monkeypatch: pytes
     assert result.exit_code == 0, result.output
     assert len(read_any(out)) == len(MANIFEST_ROWS) and claims_path(out).is_file()
     resumed = CliRunner().invoke(app, [*args, "--resume"])
-    assert resumed.exit_code == 0 and f"{len(MANIFEST_ROWS)} from an earlier run" in resumed.output
+    from_earlier = len(MANIFEST_ROWS) - failing(MANIFEST_ROWS)
+    assert resumed.exit_code == 0 and f"{from_earlier} from an earlier run" in resumed.output
     bad = CliRunner().invoke(
         app,
         ["batch", str(tmp_path / "none.csv"), "--images-root", str(images_root), "--out", str(out)],

@@ -8,7 +8,7 @@ import pytest
 from conftest import encode, textured_image
 from PIL import Image, ImageDraw, ImageFont
 
-from service.framing import ANALYSIS_SIDE, analysis_grey, padding_box, picture_of
+from service.framing import ANALYSIS_SIDE, analysis_grey, framed, padding_box
 from service.intake import open_photo
 
 
@@ -62,11 +62,11 @@ def test_padding_box_known_values(grey: np.ndarray, expected: tuple[float, ...])
     assert padding_box(grey) == pytest.approx(expected)
 
 
-def test_picture_of_cuts_a_screenshots_margins_and_keeps_a_plain_photo() -> None:
+def test_framed_cuts_a_screenshots_margins_and_keeps_a_plain_photo() -> None:
     picture = textured_image(400, 300, seed=4)
     screenshot = Image.new("RGB", (400, 866), (255, 255, 255))
     screenshot.paste(picture, (0, 283))
-    cut = picture_of(screenshot)
+    cut = framed(screenshot).picture
     # Cut on the 256-line analysis copy (3.4 screenshot lines a line), rounded inwards with the
     # seam line: a few of the picture's edge lines go, none of the margin stays.
     assert cut.width == 400 and 290 <= cut.height < 300
@@ -78,7 +78,7 @@ def test_picture_of_cuts_a_screenshots_margins_and_keeps_a_plain_photo() -> None
         if kept.crop((0, row, 400, row + cut.height)).tobytes() == cut.tobytes()
     )
     assert 0 < offset < 10
-    assert picture_of(picture) is picture
+    assert framed(picture).picture is picture
     photo = open_photo(encode(screenshot, "PNG"))
     assert photo.picture.size[1] < photo.image.size[1] / 2
 
@@ -94,5 +94,5 @@ def test_a_status_bar_of_glyphs_stays_in_the_band() -> None:
     draw.text((40, 2200), "Share   Edit   Delete", fill=(255, 255, 255), font=font)
     screenshot.paste(picture, (0, 765))
     working = screenshot.resize((207, 448))  # as intake decodes it
-    cut = picture_of(working)
+    cut = framed(working).picture
     assert cut.width == 207 and 140 <= cut.height <= 155  # the photo's 155 lines, edges trimmed

@@ -55,6 +55,8 @@ def triage(facts: ClaimFacts, config: PolicyConfig = CONFIG) -> Triage:
         (claim("damaged", photo(1, 0.95, 0.9)), 0.95, "ok", "needs_review"),
         (claim("damaged", photo(1, 0.95, 0.5)), 0.95, "ok", "fast_track"),
         (claim("damaged", photo(1, 0.95, 0.1), photo(2, 0.5, 0.99)), 0.95, "ok", "fast_track"),
+        # a photo of some other item does not hold back what a photo of the listed one shows
+        (claim("damaged", photo(1, 0.97, 0.9), photo(2, 0.94, 0.05)), 0.94, "ok", "fast_track"),
         # a blocked photo does not count, even with a high damage score
         (
             claim("damaged", photo(1, 0.99, None, DARK_BLOCKER), photo(2, 0.4)),
@@ -234,7 +236,10 @@ def test_thresholds_come_from_the_card_unless_pinned():
 
 def test_the_reasons_say_why_a_damage_claim_is_not_fast_tracked_or_not_supported():
     off_listing = triage(claim("damaged", photo(1, 0.95), photo(2, 0.97, 0.92)))
+    assert "damage 0.95 on photo 1" in off_listing.reasons
     assert "photo 2 may not show the listed item (mismatch 0.92)" in off_listing.reasons
+    alone = triage(claim("damaged", photo(1, 0.97, 0.92)))
+    assert alone.lane == "needs_review" and "damage 0.97 on photo 1" in alone.reasons
     assert "no claim reason given: support not judged" in triage(claim("", photo(1))).reasons
 
 

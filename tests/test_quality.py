@@ -235,6 +235,16 @@ def test_a_padded_photo_is_measured_as_its_picture(colour: tuple[int, int, int])
     assert quality_issues(open_photo(encode(screenshot, "PNG"))) == []
 
 
+def test_size_and_shape_are_the_pictures_in_camera_pixels() -> None:
+    # Exactly 3:1 is no strip (the rounded analysis copy made it 3.01 once).
+    assert quality_issues(open_photo(encode(textured_image(900, 300, seed=6), "PNG"))) == []
+    # A photo too small for the model, inside a screenshot whose frame is large enough.
+    screenshot = Image.new("RGB", (300, 650), (255, 255, 255))
+    screenshot.paste(textured_image(300, 210, seed=7), (0, 220))
+    issues = quality_issues(open_photo(encode(screenshot, "PNG")))
+    assert [(issue.code, issue.severity) for issue in issues] == [("too_small", "blocker")]
+
+
 def test_coarse_detail_ignores_fine_noise_and_exposure() -> None:
     rng = np.random.default_rng(0)
     noisy_wall = np.clip(120 + rng.normal(0, 20, (256, 256)), 0, 255).astype(np.float32)

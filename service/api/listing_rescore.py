@@ -10,7 +10,8 @@ listing does not change (damage, the damage map, the other findings, duplicates 
 which belong to the order of uploads), and re-triages those claims with an audit entry each.
 
 It runs in the request that added the images, after they are committed: an admin's request,
-rare, and bounded by the photos of the listing's open claims (one model run for all of them).
+rare, its work bounded by the photos of the listing's open claims, a chunk of them per model
+run. A failure here is logged and does not fail the request, whose images are stored.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from service.db import crud
 from service.db.session import transaction
 from service.intake import PhotoRejected, open_photo
 from service.store import PhotoCorrupted, PhotoNotFound
+
+RESCORE_CHUNK = 16  # evidence photos per model run
 
 
 def merged_issues(
@@ -50,20 +53,28 @@ def rescore_listing_evidence(
         ]
     if not rows:
         return 0
-    photos = {}
-    for photo_id in {row.photo_id for row in rows}:
+    listing_photos = []
+    for photo_id in listing_ids:
         try:
-            photos[photo_id] = open_photo(runtime.store.get(photo_id))
+            listing_photos.append(runtime.listing_photo(photo_id))
         except (PhotoNotFound, PhotoCorrupted, PhotoRejected):
-            continue
-    listing_photos = [runtime.listing_photo(photo_id) for photo_id in listing_ids]
-    # No duplicate index: duplicates across claims were judged at upload, in upload order.
-    assessments = {
-        assessment.photo_id: assessment
-        for assessment in runtime.assessor.assess_many(
-            list(photos.values()), listing_photos=listing_photos
+            continue  # an unreadable listing image is compared with by no upload either
+    assessments = {}
+    evidence_ids = sorted({row.photo_id for row in rows})
+    # A chunk at a time: one model run of a popular listing's every photo would hold the
+    # micro-batcher, and the uploads queued behind it, for as long as it takes.
+    for start in range(0, len(evidence_ids), RESCORE_CHUNK):
+        photos = []
+        for photo_id in evidence_ids[start : start + RESCORE_CHUNK]:
+            try:
+                photos.append(open_photo(runtime.store.get(photo_id)))
+            except (PhotoNotFound, PhotoCorrupted, PhotoRejected):
+                continue
+        # No duplicate index: duplicates across claims were judged at upload, in upload order.
+        assessments.update(
+            (assessment.photo_id, assessment)
+            for assessment in runtime.assessor.assess_many(photos, listing_photos=listing_photos)
         )
-    }
     changed: dict[str, list[str]] = defaultdict(list)
     with transaction(runtime.sessions) as session:
         for row in crud.open_claim_photos_on_listing(session, listing_id=listing_id):

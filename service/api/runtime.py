@@ -71,7 +71,8 @@ PENDING_WHILE_RECORDING = timedelta(minutes=5)
 PENDING_AFTER_RECORDING = timedelta(seconds=10)
 # The heatmap PNG's format: bump it with any change to how `render_heatmap` draws or encodes the
 # overlay (colours, opacity, resampling, PNG settings), so cached PNGs and their ETags are renewed.
-HEATMAP_FORMAT_VERSION = 1
+# 2 (session 10): drawn on the photo's picture, padding bands cut off, as the model now sees it.
+HEATMAP_FORMAT_VERSION = 2
 # Cached heatmap keys checked against the database per query when cleaning up: one IN list of at
 # most this many photo ids, and their damage maps (a few kB each) held at once.
 HEATMAP_CLEANUP_CHUNK = 500

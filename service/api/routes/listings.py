@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -18,6 +19,7 @@ from service.db import crud
 from service.db.models import ApiKey
 from service.db.session import transaction
 
+logger = logging.getLogger("service.api")
 router = APIRouter(prefix="/v1/listings", tags=["listings"])
 ListingId = Annotated[str, Path(min_length=1, max_length=64)]
 PROBLEMS = {code: {"model": schemas.Problem} for code in (401, 403, 404, 409, 413, 415, 422)}
@@ -106,7 +108,10 @@ def store_listing_images(
             now=now,
         )
     # Claims already open on this listing were compared with fewer images: compare them again.
-    rescore_listing_evidence(runtime, listing_id, actor=_actor(key), now=now)
+    try:
+        rescore_listing_evidence(runtime, listing_id, actor=_actor(key), now=now)
+    except Exception:  # the images are stored: answer for them, and say what was not done
+        logger.exception("open claims not compared again", extra={"listing_id": listing_id})
     return schemas.ListingImagesPublic(listing_id=listing_id, data=added, count=len(added))
 
 
