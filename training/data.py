@@ -56,8 +56,9 @@ class LabelledPhoto:
 
 
 def load_photo(path: Path) -> Image.Image:
-    """Decode a photo file exactly as the service decodes an upload."""
-    return open_photo(path.read_bytes()).image
+    """Decode a photo file exactly as the service decodes an upload, to the picture the service
+    scores (padding bands cut off, `service.intake.Photo.picture`)."""
+    return open_photo(path.read_bytes()).picture
 
 
 def _read_manifest(path: Path) -> list[dict[str, str]]:

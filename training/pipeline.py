@@ -76,7 +76,7 @@ def listing_copies(image: Image.Image) -> list[Image.Image]:
     def jpeg(picture: Image.Image, quality: int) -> Image.Image:
         buffer = io.BytesIO()
         picture.save(buffer, format="JPEG", quality=quality)
-        return open_photo(buffer.getvalue()).image
+        return open_photo(buffer.getvalue()).picture
 
     width, height = image.size
     margin_w, margin_h = width // 20, height // 20
@@ -249,7 +249,7 @@ def parity_photos(config: TrainConfig, count: int = 8) -> list[Image.Image]:
     photos = splits.grocery_photos["val"][:: max(1, len(splits.grocery_photos["val"]) // count)]
     paths = [p.path for p in photos[: count // 2]] + [splits.listings[0].path]
     paths += [p.path for p in splits.packages["val"][: count - len(paths)]]
-    return [open_photo(path.read_bytes()).image for path in paths]
+    return [open_photo(path.read_bytes()).picture for path in paths]
 
 
 def torch_onnx_max_difference(

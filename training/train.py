@@ -137,13 +137,18 @@ def cached(path: Path, build: Any) -> PrefixCache:
     return cache
 
 
+# How photos are turned into renderings, beyond the samples themselves: bump it when that changes,
+# so caches of the old renderings are not read. 2 (session 10): photos cut to their picture.
+RENDER_VERSION = 2
+
+
 def cache_key(samples: list[Sample], split_block: int) -> str:
     text = json.dumps(
         [
             [str(s.path), s.kind, s.product, s.synthesise, s.real_damage, s.augment, s.seed]
             for s in samples
         ]
-        + [split_block]
+        + [split_block, RENDER_VERSION]
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
