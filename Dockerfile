@@ -24,11 +24,11 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin triage \
     && mkdir /data && chown triage:triage /data
 COPY --from=build /opt/venv /opt/venv
-COPY models/evidence-lite0-1.3.0 /app/models/evidence-lite0-1.3.0
+COPY models/evidence-lite0-1.3.1 /app/models/evidence-lite0-1.3.1
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TRIAGE_DATA_DIR=/data \
-    TRIAGE_MODEL_DIR=/app/models/evidence-lite0-1.3.0
+    TRIAGE_MODEL_DIR=/app/models/evidence-lite0-1.3.1
 USER triage
 WORKDIR /app
 VOLUME ["/data"]

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.preprocess import InputSpec, batch_inputs
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "evidence-lite0-1.3.0"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "evidence-lite0-1.3.1"
 CARD_FILE = "model_card.json"
 OUTPUT_NAMES = ("damage_logit", "damage_map", "embedding")
 # Chosen by bench/bench_engine.py on the 2-core machine (docs/engine.md).

@@ -116,7 +116,7 @@ def test_shipped_model_scores_from_the_shell(photos: dict[str, Path], monkeypatc
     )
     assert result.exit_code == 0, result.output
     (line,) = json_lines(result.stdout)
-    assert line["model_version"] == "evidence-lite0-1.3.0"
+    assert line["model_version"] == "evidence-lite0-1.3.1"
     assert 0 <= line["damage"] <= 1 and 0 <= line["mismatch"] <= 1
 
 

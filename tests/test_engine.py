@@ -222,7 +222,7 @@ def shipped() -> ScoringEngine:
 
 
 def test_shipped_model_honours_the_contract(shipped: ScoringEngine):
-    assert shipped.model_version == "evidence-lite0-1.3.0"
+    assert shipped.model_version == "evidence-lite0-1.3.1"
     outputs = shipped.infer([textured_image(seed=seed) for seed in range(3)])
     for output in outputs:
         assert 0.0 <= output.damage <= 1.0

@@ -378,7 +378,7 @@ def test_the_fingerprint_changes_with_the_database_the_policy_and_the_model() ->
     base: dict[str, Any] = {
         "database_url": "sqlite:///a.sqlite3",
         "policy": POLICY,
-        "model_version": "evidence-lite0-1.3.0",
+        "model_version": "evidence-lite0-1.3.1",
     }
     fingerprint = maintenance_fingerprint(**base)
     assert maintenance_fingerprint(**base) == fingerprint

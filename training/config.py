@@ -13,10 +13,10 @@ DEFAULT_DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
 @dataclass
 class TrainConfig:
     name: str = "evidence-lite0"
-    version: str = "1.3.0"
+    version: str = "1.3.1"
     seed: int = 17
     data_root: str = str(DEFAULT_DATA_ROOT)
-    run_dir: str = str(REPO_ROOT / "runs" / "evidence-lite0-1.3.0")
+    run_dir: str = str(REPO_ROOT / "runs" / "evidence-lite0-1.3.1")
     models_dir: str = str(REPO_ROOT / "models")
     # Model
     embedding_dim: int = 256

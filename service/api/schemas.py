@@ -332,8 +332,8 @@ class ModelPublic(BaseModel):
             "examples": [
                 {
                     "name": "evidence-lite0",
-                    "version": "1.3.0",
-                    "model_version": "evidence-lite0-1.3.0",
+                    "version": "1.3.1",
+                    "model_version": "evidence-lite0-1.3.1",
                     "input_size": 224,
                     "thresholds": {
                         "damage_high": 0.82,
