@@ -17,7 +17,7 @@ from test_api import assert_problem, files, new_claim, new_listing, plain_jpeg, 
 
 from service.api.routes import photos as photos_route
 from service.api.routes.photos import display_etag, etag_matches, heatmap_etag
-from service.api.runtime import HEATMAP_FORMAT_VERSION, Runtime, heatmap_key
+from service.api.runtime import HEATMAP_FORMAT_VERSION, Runtime, heatmap_key, scored_whole_frame
 from service.db.models import ClaimPhoto
 from service.db.session import make_engine, make_session_factory, transaction
 from service.intake import DISPLAY_COPY_VERSION, display_copy
@@ -51,9 +51,11 @@ def heatmap_renders(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     made: list[str] = []
     render = Runtime.render_heatmap
 
-    def counting_render(self: Runtime, original: bytes, damage_map: list[list[float]]) -> bytes:
+    def counting_render(
+        self: Runtime, original: bytes, damage_map: list[list[float]], *, model_version: str
+    ) -> bytes:
         made.append("heatmap")
-        return render(self, original, damage_map)
+        return render(self, original, damage_map, model_version=model_version)
 
     monkeypatch.setattr(Runtime, "render_heatmap", counting_render)
     yield made
@@ -313,9 +315,9 @@ def test_a_png_rendered_from_a_map_that_a_rescore_replaced_meanwhile_is_not_left
     render = Runtime.render_heatmap
 
     def render_while_a_rescore_commits(
-        self: Runtime, original: bytes, damage_map: list[list[float]]
+        self: Runtime, original: bytes, damage_map: list[list[float]], *, model_version: str
     ) -> bytes:
-        png = render(self, original, damage_map)
+        png = render(self, original, damage_map, model_version=model_version)
         if damage_map != UNIFORM_MAP:
             set_damage_map(api_server, photo["photo_id"], UNIFORM_MAP)
         return png
@@ -574,3 +576,50 @@ def test_cache_round_trip_and_versions_are_separate(tmp_path: Path) -> None:
 )
 def test_if_none_match_parsing(header: str, matches: bool) -> None:
     assert etag_matches(header, '"a"') is matches
+
+
+@pytest.mark.parametrize(
+    ("model_version", "whole_frame"),
+    [
+        ("evidence-lite0-1.3.0", True),  # scored the frame: its maps are drawn on the frame
+        ("evidence-lite0-1.3.0-site", True),  # recalibrated, same release
+        ("evidence-lite0-1.2.0", True),
+        ("evidence-lite0-1.3.1", False),
+        ("evidence-lite0-1.3.1-site", False),
+        ("evidence-lite0-1.10.0", False),
+        ("tiny-0.1.0", False),  # another model: taken to score the picture
+        ("evidence-lite0-dev", False),
+    ],
+)
+def test_which_stored_maps_were_made_on_the_whole_frame(model_version: str, whole_frame: bool):
+    assert scored_whole_frame(model_version) is whole_frame
+
+
+def test_a_padded_photos_heatmap_is_drawn_where_its_model_saw_it(api_server: ApiServer) -> None:
+    """Maps of the current model were made on the picture (padding cut off); maps an earlier
+    release stored were made on the whole frame, and are drawn there."""
+    screenshot = Image.new("RGB", (400, 866), (255, 255, 255))
+    screenshot.paste(Image.open(io.BytesIO(red_patch_jpeg(seed=380))).resize((400, 300)), (0, 283))
+    buffer = io.BytesIO()
+    screenshot.save(buffer, format="PNG")
+    claim_id = new_claim(api_server, new_listing(api_server, plain_jpeg(seed=381)))
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        stored = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(buffer.getvalue()))
+        assert stored.status_code == 201, stored.text
+        photo_id = stored.json()["data"][0]["photo_id"]
+        now = buyer.get(f"/v1/photos/{photo_id}/heatmap.png")
+        engine = make_engine(api_server.settings.resolved_database_url)
+        try:
+            with transaction(make_session_factory(engine)) as session:
+                session.execute(
+                    update(ClaimPhoto)
+                    .where(ClaimPhoto.photo_id == photo_id)
+                    .values(model_version="evidence-lite0-1.3.0", damage_map=[[0.5] * 7] * 7)
+                )
+        finally:
+            engine.dispose()
+        before = buyer.get(f"/v1/photos/{photo_id}/heatmap.png")
+    working_frame = (207, 448)  # the screenshot at intake's working size
+    assert Image.open(io.BytesIO(before.content)).size == working_frame
+    width, height = Image.open(io.BytesIO(now.content)).size
+    assert width == 207 and height < 448 / 2  # the picture alone

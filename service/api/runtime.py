@@ -69,6 +69,26 @@ DUPLICATE_CATCH_UP_SECONDS = 600.0
 PENDING_WHILE_RECORDING = timedelta(minutes=5)
 # The least time a recorded upload stays registered after its commit (`pending_evidence_ttl`).
 PENDING_AFTER_RECORDING = timedelta(seconds=10)
+# The first release of the model scored on a photo's picture (padding bands cut off,
+# service.framing): the damage maps its earlier releases stored were made on the whole frame.
+PICTURE_MODEL = "evidence-lite0-"
+FIRST_PICTURE_RELEASE = (1, 3, 1)
+
+
+def scored_whole_frame(model_version: str) -> bool:
+    """Whether a stored damage map of `model_version` ("evidence-lite0-<x.y.z>[-suffix]", as the
+    card names it; a recalibrated "-site" model keeps its release's numbers) was made on the
+    whole frame. Other models' maps are taken to be the picture's."""
+    if not model_version.startswith(PICTURE_MODEL):
+        return False
+    release = model_version.removeprefix(PICTURE_MODEL).split("-")[0]
+    try:
+        numbers = tuple(int(number) for number in release.split("."))
+    except ValueError:
+        return False
+    return numbers < FIRST_PICTURE_RELEASE
+
+
 # The heatmap PNG's format: bump it with any change to how `render_heatmap` draws or encodes the
 # overlay (colours, opacity, resampling, PNG settings), so cached PNGs and their ETags are renewed.
 # 2 (session 10): drawn on the photo's picture, padding bands cut off, as the model now sees it.
@@ -386,11 +406,15 @@ class Runtime:
             files.keys
         )
 
-    def render_heatmap(self, original: bytes, damage_map: list[list[float]]) -> bytes:
-        """PNG of the photo as the model saw it (its picture, without padding bands) with the
-        stored damage map laid over it."""
+    def render_heatmap(
+        self, original: bytes, damage_map: list[list[float]], *, model_version: str
+    ) -> bytes:
+        """PNG of the photo as the model that made `damage_map` saw it, with the map laid over
+        it: the picture without padding bands, or the whole frame for a map stored by a model
+        released before the service cut them (`scored_whole_frame`)."""
+        photo = open_photo(original)
         return heatmap_png(
-            open_photo(original).picture,
+            photo.image if scored_whole_frame(model_version) else photo.picture,
             np.asarray(damage_map, dtype=np.float32),
             input_size=self.batcher.engine.input_spec.size,
         )

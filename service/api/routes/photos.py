@@ -192,7 +192,7 @@ def get_heatmap(
     return _cached_response(
         runtime.heatmaps,
         cache_key,
-        lambda: runtime.render_heatmap(original, damage_map),
+        lambda: runtime.render_heatmap(original, damage_map, model_version=evidence.model_version),
         media_type="image/png",
         headers={"Cache-Control": _HEATMAP_CACHE, "ETag": heatmap_etag(cache_key)},
         if_none_match=if_none_match,
