@@ -73,7 +73,13 @@ from service.duplicates import (
 )
 from service.engine import ScoringEngine
 from service.intake import Photo, PhotoRejected, open_photo
-from service.policy import ClaimFacts, PhotoFacts, PolicyConfig, triage_claim
+from service.policy import (
+    NO_LISTING_IMAGES_REASON,
+    ClaimFacts,
+    PhotoFacts,
+    PolicyConfig,
+    triage_claim,
+)
 
 Engine = Literal["local", "ray"]
 REQUIRED_COLUMNS = ("claim_id", "photo")
@@ -104,9 +110,6 @@ TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet
 DEFAULT_CHUNK_ROWS = 128
 PREFETCH_PHOTOS = 4  # photos decoded ahead of the model
 LISTING_CACHE_SIZE = 512  # decoded listing photos kept; their embeddings are cached separately
-# service.policy's reason when no usable photo could be compared with a listing image; the claim
-# file says instead that the listing images could not be read, when that is why.
-NO_LISTING_REASON = "listing has no images to compare with"
 
 PART_SCHEMA = pa.schema(
     [
@@ -864,7 +867,7 @@ class BatchJob:
             # The policy only knows no photo was compared; here we know why.
             unreadable = f"listing images could not be read ({', '.join(unreadable_listing)})"
             reasons = tuple(
-                unreadable if reason == NO_LISTING_REASON else reason for reason in reasons
+                unreadable if reason == NO_LISTING_IMAGES_REASON else reason for reason in reasons
             )
         return {
             "support": triage.support,

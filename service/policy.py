@@ -50,6 +50,9 @@ CLAIM_REASONS = (*DAMAGE_REASONS, *MISMATCH_REASONS, MISSING_PARTS)
 # evidence alone, never fast-tracked.
 UNSPECIFIED_REASON = ""
 LISTING_REUSE = "listing_photo_reuse"
+# The reason when no usable photo could be compared with a listing image (the batch job names the
+# cause instead where it knows it: listing images it could not read).
+NO_LISTING_IMAGES_REASON = "listing has no images to compare with"
 DUPLICATE_ACROSS_CLAIMS = "duplicate_across_claims"
 
 
@@ -289,7 +292,7 @@ def _support(facts: ClaimFacts, thresholds: _Thresholds, config: PolicyConfig) -
     if facts.reason in MISMATCH_REASONS:
         compared = [photo for photo in usable if photo.mismatch is not None]
         if not compared:
-            reasons = ("listing has no images to compare with",) if usable else ()
+            reasons = (NO_LISTING_IMAGES_REASON,) if usable else ()
             return _Support(None, reasons, thresholds.mismatch_high, thresholds.mismatch_low)
         best = max(compared, key=lambda photo: photo.mismatch or 0.0)
         mismatch = best.mismatch or 0.0
