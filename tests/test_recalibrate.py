@@ -127,18 +127,18 @@ def test_recalibrate_writes_a_new_folder_the_engine_serves(
     labels = write_labelled_photos(tmp_path / "labels.csv", labelled)
     out = tmp_path / "recalibrated"
     argv = ["recalibrate", "--model-dir", str(SHIPPED), "--labels", str(labels), "--out"]
-    main([*argv, str(out), "--version", "1.3.0-site"])
+    main([*argv, str(out), "--version", "1.3.1-site"])
 
     card = json.loads((out / "model_card.json").read_text())
     shipped_card = json.loads((SHIPPED / "model_card.json").read_text())
     assert (out / "model.onnx").read_bytes() == (SHIPPED / "model.onnx").read_bytes()
-    assert card["version"] == "1.3.0-site"
+    assert card["version"] == "1.3.1-site"
     assert card["calibration"] == shipped_card["calibration"]
     report = card["recalibration"]
     assert report["from"] == f"evidence-lite0-{shipped_card['version']}"
     assert report["mismatch"]["labels"] == 2 and not report["mismatch"]["refitted"]
     assert report["damage"]["labels"] == 4 and "fewer than" in report["damage"]["why"]
-    assert ScoringEngine.load(out).model_version == "evidence-lite0-1.3.0-site"
+    assert ScoringEngine.load(out).model_version == "evidence-lite0-1.3.1-site"
     with pytest.raises(ValueError, match="new folder"):
         main([*argv, str(SHIPPED), "--version", "x"])
 

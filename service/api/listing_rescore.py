@@ -4,10 +4,10 @@ Mismatch and listing-photo reuse are judged against the listing's images at uplo
 an admin adds images to a listing later, the open claims on it keep scores made against fewer
 images: a mismatch of null with the reason "listing has no images to compare with", or a photo
 that is the seller's own new listing image not flagged. `rescore_listing_evidence` runs each
-open claim's evidence photos through the shared assessor against every image of the listing now,
-stores the new `mismatch`, `match_similarity` and `listing_photo_reuse` finding, keeps what the
-listing does not change (damage, the damage map, the other findings, duplicates across claims,
-which belong to the order of uploads), and re-triages those claims with an audit entry each.
+open claim's evidence photos through the shared assessor against every image of the listing now
+and stores the whole assessment by the model serving now (damage, map, mismatch, similarity,
+findings), keeping only the duplicates across claims, which belong to the order of uploads; it
+re-triages those claims with an audit entry each.
 
 It runs in the request that added the images, after they are committed: an admin's request,
 rare, its work bounded by the photos of the listing's open claims, a chunk of them per model
@@ -22,7 +22,7 @@ from typing import Any
 
 from service.api.runtime import Runtime
 from service.api.triage import retriage
-from service.checks import LISTING_PHOTO_REUSE
+from service.checks import DUPLICATE_ACROSS_CLAIMS
 from service.db import crud
 from service.db.session import transaction
 from service.intake import PhotoRejected, open_photo
@@ -34,10 +34,12 @@ RESCORE_CHUNK = 16  # evidence photos per model run
 def merged_issues(
     stored: list[dict[str, Any]], rescored: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """The stored findings with the listing-reuse finding replaced by the rescored one's."""
-    code = LISTING_PHOTO_REUSE.code
-    kept = [issue for issue in stored if issue["code"] != code]
-    return kept + [issue for issue in rescored if issue["code"] == code]
+    """The rescored findings, with the stored `duplicate_across_claims` in place of the
+    rescore's (duplicates were judged at upload, in upload order; the rescore has no index)."""
+    code = DUPLICATE_ACROSS_CLAIMS.code
+    return [issue for issue in rescored if issue["code"] != code] + [
+        issue for issue in stored if issue["code"] == code
+    ]
 
 
 def rescore_listing_evidence(
@@ -81,8 +83,13 @@ def rescore_listing_evidence(
             assessment = assessments.get(row.photo_id)
             if assessment is None:
                 continue
+            # The whole assessment, by the model serving now: a row never mixes two models'
+            # scores (the listing may be older than the model).
+            row.damage = assessment.damage
+            row.damage_map = assessment.heatmap.round(4).tolist()
             row.mismatch = assessment.mismatch
             row.match_similarity = assessment.match_similarity
+            row.model_version = assessment.model_version
             row.issues = merged_issues(row.issues, [issue.to_dict() for issue in assessment.issues])
             changed[row.claim_id].append(row.photo_id)
         session.flush()

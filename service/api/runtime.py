@@ -91,8 +91,9 @@ def scored_whole_frame(model_version: str) -> bool:
 
 # The heatmap PNG's format: bump it with any change to how `render_heatmap` draws or encodes the
 # overlay (colours, opacity, resampling, PNG settings), so cached PNGs and their ETags are renewed.
-# 2 (session 10): drawn on the photo's picture, padding bands cut off, as the model now sees it.
-HEATMAP_FORMAT_VERSION = 2
+# 2 (session 10): drawn on the photo's picture, padding bands cut off. 3: drawn where the model
+# that made the map saw the photo (`scored_whole_frame`).
+HEATMAP_FORMAT_VERSION = 3
 # Cached heatmap keys checked against the database per query when cleaning up: one IN list of at
 # most this many photo ids, and their damage maps (a few kB each) held at once.
 HEATMAP_CLEANUP_CHUNK = 500

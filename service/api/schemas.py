@@ -338,18 +338,18 @@ class ModelPublic(BaseModel):
                     "thresholds": {
                         "damage_high": 0.82,
                         "damage_low": 0.14,
-                        "mismatch_high": 0.68,
-                        "mismatch_low": 0.01,
-                        "listing_reuse_similarity": 0.9588,
+                        "mismatch_high": 0.62,
+                        "mismatch_low": 0.06,
+                        "listing_reuse_similarity": 0.957,
                     },
                     "metrics": [
                         {
                             "name": "damage_auroc_real_packages",
-                            "value": 0.7532,
-                            "baseline": 0.7356,
+                            "value": 0.752,
+                            "baseline": 0.7331,
                             "target": ">= 0.85",
                             "target_met": False,
-                            "interval_95": [0.6829, 0.8159],
+                            "interval_95": [0.6797, 0.8151],
                         }
                     ],
                     "limitations": [
