@@ -24,7 +24,7 @@ from service.auth import Role
 from service.cli import app
 from service.db import crud
 from service.db.migrate import upgrade_to_head
-from service.db.models import Photo
+from service.db.models import ClaimPhoto, Photo
 from service.db.session import make_engine, make_session_factory, transaction
 from service.duplicates import HASHES_PER_PHOTO, WINDOWS, format_hash, format_hashes, photo_windows
 from service.intake import open_photo
@@ -161,3 +161,40 @@ def test_a_mirrored_copy_of_older_evidence_is_found_once_rehashed(api_server: Ap
         assert row is not None and row.window_hashes == stored_today
     engine.dispose()
     assert found_by_a_fresh_server()
+
+
+def test_rescore_scores_open_evidence_of_an_earlier_model_again(api_server: ApiServer) -> None:
+    from test_api import files, new_claim, new_listing, plain_jpeg, red_patch_jpeg
+
+    listing_id = new_listing(api_server, plain_jpeg(seed=211))
+    claim_id = new_claim(api_server, listing_id, reason="wrong_item")
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        stored = buyer.post(
+            f"/v1/claims/{claim_id}/evidence", files=files(red_patch_jpeg(seed=212))
+        )
+    assert stored.status_code == 201, stored.text
+    scored_now = stored.json()["data"][0]
+    engine = make_engine(api_server.settings.resolved_database_url)
+    sessions = make_session_factory(engine)
+    with transaction(sessions) as session:  # as an earlier release left it
+        for row in session.scalars(select(ClaimPhoto).where(ClaimPhoto.claim_id == claim_id)):
+            row.model_version, row.mismatch, row.damage = "evidence-lite0-0.9.0", 0.999, 0.5
+    settings = api_server.settings
+    env = {
+        "TRIAGE_DATA_DIR": str(settings.data_dir),
+        "TRIAGE_DATABASE_URL": settings.resolved_database_url,
+        "TRIAGE_MODEL_DIR": str(settings.model_dir),
+    }
+    result = CliRunner().invoke(app, ["evidence", "rescore"], env=env)
+    assert result.exit_code == 0, result.output
+    with sessions() as session:
+        [row] = session.scalars(select(ClaimPhoto).where(ClaimPhoto.claim_id == claim_id))
+        audit = [event.action for event in crud.audit_trail(session, claim_id=claim_id)]
+    engine.dispose()
+    assert row.model_version == scored_now["model_version"]
+    assert row.mismatch == pytest.approx(scored_now["mismatch"])
+    assert row.damage == pytest.approx(scored_now["damage"])
+    assert "evidence_rescored" in audit
+    # Nothing is left to score again: a second run changes nothing.
+    again = CliRunner().invoke(app, ["evidence", "rescore"], env=env)
+    assert again.exit_code == 0 and "0 open claims scored again" in again.output

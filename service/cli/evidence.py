@@ -1,7 +1,10 @@
-"""`triage evidence rehash`: store older evidence under every window of the current release.
+"""`triage evidence rehash | rescore`: bring stored evidence up to the current release.
 
-See service/rehash.py. Exit status 0 when every short photo was hashed again, 1 when some were
-missing from the store or no longer decode (listed on stderr; the rest is done either way).
+`rehash` stores older evidence under every window of today's duplicate checks (service/rehash.py;
+exit status 1 when some photos were missing from the store or no longer decode, listed on
+stderr; the rest is done either way). `rescore` scores the open claims' evidence that another
+model scored with the model configured now, and re-triages those claims
+(service/api/rescore.py).
 """
 
 from __future__ import annotations
@@ -54,6 +57,35 @@ def rehash() -> None:
     )
     if summary.missing or summary.unreadable:
         raise typer.Exit(1)
+
+
+@evidence_app.command("rescore")
+def rescore() -> None:
+    """Score the open claims' evidence that an earlier model scored with the model configured
+    now (TRIAGE_MODEL_DIR, default the shipped one), and re-triage those claims. Run it after a
+    model upgrade: until then the policy judges the old model's scores against the new card's
+    thresholds. Safe to interrupt and run again (a listing at a time is committed)."""
+    from rich.console import Console
+
+    from service.api.rescore import rescore_open_evidence
+    from service.api.runtime import Runtime
+    from service.config import Settings
+    from service.db import crud
+
+    console = Console(stderr=True)
+    runtime = Runtime.start(Settings())
+    try:
+        with console.status(f"Scoring open evidence again with {runtime.model_version}..."):
+            claims = rescore_open_evidence(
+                runtime,
+                actor=crud.SYSTEM,
+                now=crud.utcnow(),
+                why=f"model upgraded to {runtime.model_version}",
+                other_than_model=runtime.model_version,
+            )
+    finally:
+        runtime.close()
+    console.print(f"{claims} open claims scored again by {runtime.model_version} and re-triaged.")
 
 
 def register(app: typer.Typer) -> None:

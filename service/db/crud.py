@@ -282,15 +282,23 @@ def claim_photos_by_claim(
     return photos
 
 
-def open_claim_photos_on_listing(session: Session, *, listing_id: str) -> list[ClaimPhoto]:
-    """The evidence photos of the listing's open claims, by claim and position."""
+def open_claim_photos(
+    session: Session, *, listing_id: str | None = None, other_than_model: str | None = None
+) -> list[tuple[str, ClaimPhoto]]:
+    """(listing id, evidence row) of the open claims' photos, by listing, claim and position:
+    of one listing's claims, and/or only the rows scored by another model than
+    `other_than_model`."""
     query = (
-        select(ClaimPhoto)
+        select(Claim.listing_id, ClaimPhoto)
         .join(Claim, Claim.claim_id == ClaimPhoto.claim_id)
-        .where(Claim.listing_id == listing_id, Claim.status.in_(OPEN_STATUSES))
-        .order_by(ClaimPhoto.claim_id, ClaimPhoto.position)
+        .where(Claim.status.in_(OPEN_STATUSES))
+        .order_by(Claim.listing_id, ClaimPhoto.claim_id, ClaimPhoto.position)
     )
-    return list(session.scalars(query))
+    if listing_id is not None:
+        query = query.where(Claim.listing_id == listing_id)
+    if other_than_model is not None:
+        query = query.where(ClaimPhoto.model_version != other_than_model)
+    return [(found_listing, row) for found_listing, row in session.execute(query)]
 
 
 def claim_photo(session: Session, *, claim_id: str, photo_id: str) -> ClaimPhoto | None:

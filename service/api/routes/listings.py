@@ -10,9 +10,9 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import schemas, views
 from service.api.deps import AdminKey, ReviewerOrAdminKey, RuntimeDep
-from service.api.listing_rescore import rescore_listing_evidence
 from service.api.photo_uploads import accept_photos, read_photo_files, store_photo
 from service.api.problems import ProblemError
+from service.api.rescore import rescore_open_evidence
 from service.api.runtime import Runtime, utcnow
 from service.api.uploads import MultipartBody
 from service.db import crud
@@ -109,7 +109,9 @@ def store_listing_images(
         )
     # Claims already open on this listing were compared with fewer images: compare them again.
     try:
-        rescore_listing_evidence(runtime, listing_id, actor=_actor(key), now=now)
+        rescore_open_evidence(
+            runtime, actor=_actor(key), now=now, why="listing images added", listing_id=listing_id
+        )
     except Exception:  # the images are stored: answer for them, and say what was not done
         logger.exception("open claims not compared again", extra={"listing_id": listing_id})
     return schemas.ListingImagesPublic(listing_id=listing_id, data=added, count=len(added))
