@@ -11,7 +11,7 @@ Three layers, kept apart so each can be tested and tuned on its own:
 Every resolution-dependent metric is measured on the analysis copy of the photo's picture
 (`service.framing`: greyscale, longest side `ANALYSIS_SIDE` pixels, padding bands cut off), so a
 threshold fitted on 348 px grocery photos means the same on a 4000x3000 phone photo. `too_small`
-alone judges the original size the camera wrote.
+alone judges a size: the picture's, in the camera's pixels.
 
 No web or database imports: this is part of the inference core.
 """
@@ -102,11 +102,16 @@ class QualityMetrics:
 
     width: int  # the picture's size in the camera's pixels (padding bands cut off)
     height: int
-    aspect: float  # width and height over each other, the longer over the shorter
     sharpness: float
     exposure: Exposure
     detail: float
     outline: Outline
+
+    @property
+    def aspect(self) -> float:
+        """The picture's longer side over its shorter one, from the camera's size (not the
+        rounded analysis copy's: 900x300 is exactly 3:1)."""
+        return max(self.width, self.height) / max(1, min(self.width, self.height))
 
 
 def sharpness(grey: np.ndarray) -> float:
@@ -237,8 +242,6 @@ def measure_grey(grey: np.ndarray, size: tuple[int, int]) -> QualityMetrics:
     return QualityMetrics(
         width=width,
         height=height,
-        # From the camera's size, not the rounded analysis copy's: 900x300 is exactly 3:1.
-        aspect=max(width, height) / max(1, min(width, height)),
         sharpness=sharpness(grey),
         exposure=exposure(grey),
         detail=coarse_detail(grey),
@@ -253,9 +256,10 @@ def measure_grey(grey: np.ndarray, size: tuple[int, int]) -> QualityMetrics:
 class QualityThresholds:
     """Decision thresholds. The shipped values are fitted by training/quality_thresholds.py.
 
-    A photo is `too_small` when its shorter original side is below `min_short_side` (a blocker),
-    or as a warning when its picture is more than `max_aspect` times as long as it is wide (a
-    panorama or a thin strip: in the model's square input the item is a sliver); both are rules,
+    A photo is `too_small` when its picture's shorter side, in the camera's pixels, is below
+    `min_short_side` (a blocker), or as a warning when its picture is more than `max_aspect`
+    times as long as it is wide (a panorama or a thin strip: in the model's square input the
+    item is a sliver); both are rules,
     not fitted. It is `low_detail` when its coarse detail is below `low_detail` and it shows no
     distinct outline (an outline has `outline_strength` grey levels or more and stands out
     `outline_contrast` times from the frame's median step; these two are set in

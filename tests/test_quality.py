@@ -278,7 +278,6 @@ def metrics(**changes: object) -> QualityMetrics:
     base = QualityMetrics(
         width=4000,
         height=3000,
-        aspect=4 / 3,
         sharpness=-0.8,
         exposure=GOOD_LIGHT,
         detail=0.4,
@@ -293,9 +292,9 @@ def metrics(**changes: object) -> QualityMetrics:
         (metrics(), []),
         (metrics(width=200, height=150), [("too_small", "blocker")]),
         # A panorama: the item is a sliver of the model's square input.
-        (metrics(width=8000, height=1200, aspect=6.7), [("too_small", "warning")]),
-        (metrics(width=4000, height=1800, aspect=20 / 9), []),  # a 20:9 phone photo is fine
-        (metrics(width=200, height=40, aspect=5.0), [("too_small", "blocker")]),
+        (metrics(width=8000, height=1200), [("too_small", "warning")]),
+        (metrics(width=4000, height=1800), []),  # a 20:9 phone photo is fine
+        (metrics(width=200, height=40), [("too_small", "blocker")]),
         (metrics(sharpness=-1.5), [("blurry", "warning")]),
         (metrics(sharpness=-2.5), [("blurry", "blocker")]),
         (metrics(exposure=dataclasses.replace(GOOD_LIGHT, p95=100)), [("too_dark", "warning")]),
