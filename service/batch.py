@@ -114,11 +114,7 @@ LISTING_CACHE_SIZE = 512  # decoded listing photos kept; their embeddings are ca
 PART_SCHEMA = pa.schema(
     [
         (FINGERPRINT, pa.string()),
-        ("damage", pa.float64()),
-        ("mismatch", pa.float64()),
-        ("match_similarity", pa.float64()),
-        ("model_version", pa.string()),
-        ("error", pa.string()),
+        *(OUTPUT_SCHEMA.field(name) for name in MODEL_FIELDS),
         (PHOTO_ID, pa.string()),
         (WINDOW_HASHES, pa.string()),
         (ISSUES, pa.string()),
