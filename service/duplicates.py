@@ -157,6 +157,12 @@ def format_hashes(hashes: Iterable[int]) -> str:
     return " ".join(format_hash(photo_hash) for photo_hash in hashes)
 
 
+def formatted_length(count: int) -> int:
+    """The length of `format_hashes`' text for `count` hashes: 16 hex digits each, one space
+    between."""
+    return 17 * count - 1
+
+
 def parse_hashes(text: str) -> tuple[int, ...]:
     """The hashes `format_hashes` wrote (a single hash's hex parses too)."""
     return tuple(int(part, 16) for part in text.split())

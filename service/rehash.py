@@ -22,12 +22,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import crud
 from service.db.session import transaction
-from service.duplicates import HASHES_PER_PHOTO, format_hash, format_hashes, photo_windows
+from service.duplicates import (
+    HASHES_PER_PHOTO,
+    format_hash,
+    format_hashes,
+    formatted_length,
+    photo_windows,
+)
 from service.intake import DEFAULT_LIMITS, IntakeLimits, PhotoRejected, open_photo
 from service.store import PhotoCorrupted, PhotoNotFound, PhotoStore
 
-# `format_hashes` of HASHES_PER_PHOTO hashes: 16 hex digits each, one space between.
-FULL_TEXT_LENGTH = 17 * HASHES_PER_PHOTO - 1
+FULL_TEXT_LENGTH = formatted_length(HASHES_PER_PHOTO)
 REHASH_BATCH = 200
 
 

@@ -21,6 +21,7 @@ from service.duplicates import (
     WindowScan,
     closest_distance,
     format_hashes,
+    formatted_length,
     hamming_distance,
     parse_hash_texts,
     parse_hashes,
@@ -341,3 +342,8 @@ def test_window_scan_answers_as_the_index(max_distance: int) -> None:
     assert WindowScan([]).query(12345) == []
     with pytest.raises(ValueError, match="max_distance"):
         scan.query(0, HASH_BITS)
+
+
+@pytest.mark.parametrize("count", [1, 2, 17])
+def test_formatted_length_is_the_length_format_hashes_writes(count: int) -> None:
+    assert formatted_length(count) == len(format_hashes([2**64 - 1] * count))
