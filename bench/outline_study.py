@@ -22,28 +22,30 @@ in the same run. Run on purpose, not in CI (about two minutes on 2 cores).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from service.intake import open_photo
 from service.quality import DEFAULT_THRESHOLDS, QualityMetrics, decide, measure
 from training.config import TrainConfig
-from training.quality_thresholds import covered_lens, flat_surface, fogged, read_grocery_photos
+from training.data import load_grocery, load_packages
+from training.quality_thresholds import (
+    as_uploaded,
+    covered_lens,
+    flat_surface,
+    fogged,
+    read_grocery_photos,
+)
 
 WITHOUT_OUTLINE = dataclasses.replace(DEFAULT_THRESHOLDS, outline_strength=float("inf"))
 TEXTURE_SEEDS = range(100, 140)
 
 
 def measured(image: Image.Image) -> QualityMetrics:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=88)
-    return measure(open_photo(buffer.getvalue()))
+    return measure(as_uploaded(image))
 
 
 def texture(kind: str, seed: int) -> Image.Image:
@@ -109,20 +111,15 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     groups: dict[str, list[QualityMetrics]] = {}
-    with (args.data / "packages" / "manifest.csv").open(newline="") as handle:
-        packages = list(csv.DictReader(handle))
-    for label in ("damaged", "intact"):
+    packages = load_packages(args.data)
+    for label, damaged in (("damaged", True), ("intact", False)):
         groups[f"package photos, {label}"] = [
-            measured(Image.open(args.data / "packages" / row["path"]))
-            for row in packages
-            if row["label"] == label
+            measured(Image.open(package.path)) for package in packages if package.damaged == damaged
         ]
-    with (args.data / "grocery" / "manifest.csv").open(newline="") as handle:
-        grocery = list(csv.DictReader(handle))
     groups["grocery catalog images"] = [
-        measured(Image.open(args.data / "grocery" / row["path"]))
-        for row in grocery
-        if row["role"] == "listing"
+        measured(Image.open(item.path))
+        for item in load_grocery(args.data)
+        if item.role == "listing"
     ]
     photos = [
         Image.open(path).convert("RGB")

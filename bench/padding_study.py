@@ -18,8 +18,6 @@ service's intake, as an upload would. Run on purpose, not in CI (about a minute 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +25,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from service.framing import analysis_grey
-from service.intake import open_photo
 from service.quality import (
     DEFAULT_THRESHOLDS,
     QualityMetrics,
@@ -36,19 +33,20 @@ from service.quality import (
     measure_grey,
 )
 from training.config import TrainConfig
-from training.quality_thresholds import exposure_shift, gaussian_blur, read_grocery_photos
+from training.data import load_grocery, load_packages
+from training.quality_thresholds import (
+    as_uploaded,
+    exposure_shift,
+    gaussian_blur,
+    read_grocery_photos,
+)
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 
 
 def uploaded(image: Image.Image) -> tuple[QualityMetrics, QualityMetrics]:
     """The metrics of `image` as uploaded, measured with its bands and without them."""
-    buffer = io.BytesIO()
-    if image.mode == "RGBA":
-        image.save(buffer, format="PNG")
-    else:
-        image.convert("RGB").save(buffer, format="JPEG", quality=88)
-    photo = open_photo(buffer.getvalue())
+    photo = as_uploaded(image)
     return measure_grey(analysis_grey(photo.image), photo.original_size), measure(photo)
 
 
@@ -133,15 +131,13 @@ def main() -> None:
     groups["+2.5 EV, white letterbox"] = [
         uploaded(white_letterbox(brighter(p, rng))) for p in photos
     ]
-    with (args.data / "grocery" / "manifest.csv").open(newline="") as handle:
-        catalog = [row for row in csv.DictReader(handle) if row["role"] == "listing"]
     groups["grocery catalog images (items on white)"] = [
-        uploaded(Image.open(args.data / "grocery" / row["path"])) for row in catalog
+        uploaded(Image.open(item.path))
+        for item in load_grocery(args.data)
+        if item.role == "listing"
     ]
-    with (args.data / "packages" / "manifest.csv").open(newline="") as handle:
-        packages = list(csv.DictReader(handle))
     groups["web package photos"] = [
-        uploaded(Image.open(args.data / "packages" / row["path"])) for row in packages
+        uploaded(Image.open(package.path)) for package in load_packages(args.data)
     ]
 
     findings: dict[str, Callable[[str, str], bool]] = {

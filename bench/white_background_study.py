@@ -16,25 +16,21 @@ Run on purpose, not in CI (about a minute on 2 cores).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from service.framing import analysis_grey
-from service.intake import open_photo
 from service.quality import DEFAULT_THRESHOLDS, Exposure, exposure
 from training.config import TrainConfig
-from training.quality_thresholds import exposure_shift, read_grocery_photos
+from training.data import load_grocery, load_packages
+from training.quality_thresholds import as_uploaded, exposure_shift, read_grocery_photos
 
 
 def measured(image: Image.Image) -> Exposure:
     """Through JPEG and the service's intake, as an upload would be."""
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=88)
-    return exposure(analysis_grey(open_photo(buffer.getvalue()).image))
+    return exposure(analysis_grey(as_uploaded(image).image))
 
 
 def shares(values: np.ndarray) -> str:
@@ -50,20 +46,15 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     groups: dict[str, list[Exposure]] = {}
-    with (args.data / "grocery" / "manifest.csv").open(newline="") as handle:
-        grocery = list(csv.DictReader(handle))
     groups["grocery catalog images (items on white)"] = [
-        measured(Image.open(args.data / "grocery" / row["path"]))
-        for row in grocery
-        if row["role"] == "listing"
+        measured(Image.open(item.path))
+        for item in load_grocery(args.data)
+        if item.role == "listing"
     ]
-    with (args.data / "packages" / "manifest.csv").open(newline="") as handle:
-        packages = list(csv.DictReader(handle))
-    for label in ("damaged", "intact"):
+    packages = load_packages(args.data)
+    for label, damaged in (("damaged", True), ("intact", False)):
         groups[f"package photos, {label}"] = [
-            measured(Image.open(args.data / "packages" / row["path"]))
-            for row in packages
-            if row["label"] == label
+            measured(Image.open(package.path)) for package in packages if package.damaged == damaged
         ]
     photos = [
         path

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from service.intake import open_photo
+from service.intake import Photo, open_photo
 from service.quality import QualityMetrics, QualityThresholds, decide, measure
 
 REPORT_BEGIN = "<!-- BEGIN quality_thresholds report (generated; do not edit by hand) -->"
@@ -198,16 +198,24 @@ def split_products(products: Iterable[str], held_out_fraction: float = 0.5) -> s
     return {product for product in products if bucket(product) < held_out_fraction}
 
 
+def as_uploaded(image: Image.Image) -> Photo:
+    """`image` as the service receives an upload of it: a JPEG at a phone's upload quality (a
+    PNG where it has transparency), decoded by the service's intake."""
+    buffer = io.BytesIO()
+    if image.mode == "RGBA":
+        image.save(buffer, format="PNG")
+    else:
+        image.convert("RGB").save(buffer, format="JPEG", quality=_UPLOAD_JPEG_QUALITY)
+    return open_photo(buffer.getvalue())
+
+
 def variant_samples(
     product: str, path: Path, variants: Sequence[Variant], rng: np.random.Generator
 ) -> list[Sample]:
     source = Image.open(path).convert("RGB")
     samples = []
     for variant in variants:
-        degraded = variant.transform(source, rng)
-        buffer = io.BytesIO()
-        degraded.save(buffer, format="JPEG", quality=_UPLOAD_JPEG_QUALITY)
-        metrics = measure(open_photo(buffer.getvalue()))
+        metrics = measure(as_uploaded(variant.transform(source, rng)))
         samples.append(
             Sample(product, path.name, variant.name, variant.code, variant.severity, metrics)
         )
