@@ -59,12 +59,9 @@ def rescore_open_evidence(
     """Score again the open claims' evidence of `listing_id` (all listings if None) and/or only
     what another model than `other_than_model` scored; returns how many claims were re-triaged."""
     with runtime.sessions() as session:
-        found = crud.open_claim_photos(
+        photo_ids_by_listing = crud.open_evidence_photo_ids(
             session, listing_id=listing_id, other_than_model=other_than_model
         )
-    photo_ids_by_listing: dict[str, set[str]] = defaultdict(set)
-    for found_listing, row in found:
-        photo_ids_by_listing[found_listing].add(row.photo_id)
     claims = 0
     for found_listing, photo_ids in photo_ids_by_listing.items():
         assessments = _assess(runtime, found_listing, sorted(photo_ids))

@@ -282,23 +282,45 @@ def claim_photos_by_claim(
     return photos
 
 
+def _open_evidence(listing_id: str | None, other_than_model: str | None) -> list[Any]:
+    """Conditions for the evidence of open claims: of one listing's claims if given, and/or
+    only the rows scored by another model than `other_than_model`."""
+    conditions: list[Any] = [Claim.status.in_(OPEN_STATUSES)]
+    if listing_id is not None:
+        conditions.append(Claim.listing_id == listing_id)
+    if other_than_model is not None:
+        conditions.append(ClaimPhoto.model_version != other_than_model)
+    return conditions
+
+
 def open_claim_photos(
     session: Session, *, listing_id: str | None = None, other_than_model: str | None = None
 ) -> list[tuple[str, ClaimPhoto]]:
-    """(listing id, evidence row) of the open claims' photos, by listing, claim and position:
-    of one listing's claims, and/or only the rows scored by another model than
-    `other_than_model`."""
+    """(listing id, evidence row) of the open claims' photos (see `_open_evidence`), by listing,
+    claim and position."""
     query = (
         select(Claim.listing_id, ClaimPhoto)
         .join(Claim, Claim.claim_id == ClaimPhoto.claim_id)
-        .where(Claim.status.in_(OPEN_STATUSES))
+        .where(*_open_evidence(listing_id, other_than_model))
         .order_by(Claim.listing_id, ClaimPhoto.claim_id, ClaimPhoto.position)
     )
-    if listing_id is not None:
-        query = query.where(Claim.listing_id == listing_id)
-    if other_than_model is not None:
-        query = query.where(ClaimPhoto.model_version != other_than_model)
     return [(found_listing, row) for found_listing, row in session.execute(query)]
+
+
+def open_evidence_photo_ids(
+    session: Session, *, listing_id: str | None = None, other_than_model: str | None = None
+) -> dict[str, set[str]]:
+    """The photo ids of the open claims' evidence (see `_open_evidence`) by listing id: the ids
+    alone, not the rows with their maps and findings."""
+    query = (
+        select(Claim.listing_id, ClaimPhoto.photo_id)
+        .join(Claim, Claim.claim_id == ClaimPhoto.claim_id)
+        .where(*_open_evidence(listing_id, other_than_model))
+    )
+    found: dict[str, set[str]] = {}
+    for found_listing, photo_id in session.execute(query):
+        found.setdefault(found_listing, set()).add(photo_id)
+    return found
 
 
 def claim_photo(session: Session, *, claim_id: str, photo_id: str) -> ClaimPhoto | None:
