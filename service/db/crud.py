@@ -109,10 +109,6 @@ def revoke_api_key(session: Session, *, key: ApiKey, now: datetime) -> None:
     )
 
 
-def count_keys(session: Session) -> int:
-    return session.scalar(select(func.count()).select_from(ApiKey)) or 0
-
-
 # --- photos and listings ------------------------------------------------------------------------
 
 
