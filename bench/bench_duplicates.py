@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,21 @@ def _crop(left: float, top: float, right: float, bottom: float) -> Callable[...,
         width, height = image.size
         box = (left * width, top * height, (1 - right) * width, (1 - bottom) * height)
         return _jpeg(image.crop(tuple(round(v) for v in box)), 85)
+
+    return apply
+
+
+def _tilted(degrees: float) -> Callable[..., Image.Image]:
+    """Turned by `degrees` and trimmed to a level frame of the same shape, a little inside the
+    largest one (as a copy trimmed by hand would be)."""
+
+    def apply(image: Image.Image, _rng: np.random.Generator) -> Image.Image:
+        width, height = image.size
+        angle = math.radians(abs(degrees))
+        largest = 1.0 / (math.cos(angle) + max(width / height, height / width) * math.sin(angle))
+        margin = (1.0 - 0.98 * largest) / 2
+        turned = image.rotate(degrees, resample=Image.Resampling.BICUBIC)
+        return _crop(margin, margin, margin, margin)(turned, _rng)
 
     return apply
 
@@ -98,6 +114,12 @@ TRANSFORMS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]]
         image.transpose(Image.Transpose.ROTATE_180).resize((image.width // 2, image.height // 2)),
         85,
     ),
+    # Tilted and trimmed level: a way to reuse another buyer's photo past a whole-frame hash.
+    "tilted 3 degrees": _tilted(3),
+    "tilted 5 degrees": _tilted(5),
+    "tilted -10 degrees": _tilted(-10),
+    "tilted 15 degrees": _tilted(15),
+    "tilted -20 degrees": _tilted(-20),
 }
 
 

@@ -63,7 +63,7 @@ def reuse_detectable(quality_codes: Collection[str]) -> bool:
     return "low_detail" not in quality_codes
 
 
-LISTING_WINDOWS_CACHE_SIZE = 4096  # 17 hashes per listing image: well under 1 MiB in all
+LISTING_WINDOWS_CACHE_SIZE = 4096  # 21 hashes per listing image: well under 1 MiB in all
 _listing_windows: OrderedDict[str, tuple[int, ...]] = OrderedDict()
 _listing_windows_lock = threading.Lock()
 
@@ -71,8 +71,8 @@ _listing_windows_lock = threading.Lock()
 def listing_windows(listing: Photo) -> tuple[int, ...]:
     """`photo_windows` of a listing image, remembered by its photo id.
 
-    Every check against a listing compares with the same few images, and their 17 hashes
-    cost about 1.8 ms per image; the id is the SHA-256 of the bytes, so the windows stored
+    Every check against a listing compares with the same few images, and their 21 hashes
+    cost a few milliseconds per image; the id is the SHA-256 of the bytes, so the windows stored
     under an id can never go stale.
     """
     with _listing_windows_lock:

@@ -84,7 +84,16 @@ FLIPPED_WINDOWS: tuple[tuple[str, tuple[float, float, float, float]], ...] = (
     ("turned 180 degrees", (0.0, 0.0, 1.0, 1.0)),
     ("turned 90 degrees right", (0.0, 0.0, 1.0, 1.0)),
 )
-HASHES_PER_PHOTO = len(WINDOWS) + len(FLIPPED_WINDOWS)
+# A copy turned by a few degrees and trimmed to a level frame (the usual way to reuse someone
+# else's photo past a whole-frame hash) moves the hash by 8 bits at 5 degrees and is lost by 7.
+# So a photo is also stored under its whole frame turned by these angles (degrees, counter-
+# clockwise), each trimmed to the largest level frame of its shape (`level_crop_scale`); a copy
+# turned by up to about 15 degrees either way lands within a few degrees of one of them.
+TILTS: tuple[float, ...] = (-12.0, -6.0, 6.0, 12.0)
+# Turned on a copy reduced to about this long side (at least 6 pixels a thumbnail cell): the
+# hash only sees a 32x32 thumbnail of it, and turning the full frame would double the time.
+_TILT_WORKING_SIDE = 192
+HASHES_PER_PHOTO = len(WINDOWS) + len(FLIPPED_WINDOWS) + len(TILTS)
 # Largest Hamming distance that still counts as "the same photo", chosen in docs/quality.md from
 # the distances between re-encoded / resized / cropped copies and between different photos.
 DUPLICATE_MAX_DISTANCE = 8
@@ -142,9 +151,41 @@ def photo_windows(image: Image.Image) -> tuple[int, ...]:
         )
         for box in WINDOWS
     }
-    return tuple(_hash_of(lows[box]) for box in WINDOWS) + tuple(
-        _hash_of(FLIPS[flip](lows[box])) for flip, box in FLIPPED_WINDOWS
+    return (
+        tuple(_hash_of(lows[box]) for box in WINDOWS)
+        + tuple(_hash_of(FLIPS[flip](lows[box])) for flip, box in FLIPPED_WINDOWS)
+        + tuple(_hash_of(_low_frequencies(tilted)) for tilted in tilted_frames(grey))
     )
+
+
+def level_crop_scale(width: int, height: int, degrees: float) -> float:
+    """The largest centred frame of the same shape that lies inside a `width` x `height` frame
+    turned by `degrees`, as a fraction of its sides."""
+    angle = math.radians(abs(degrees))
+    elongation = max(width / height, height / width)
+    return 1.0 / (math.cos(angle) + elongation * math.sin(angle))
+
+
+def tilted_frames(grey: Image.Image) -> list[Image.Image]:
+    """`grey` turned by each of TILTS and trimmed to its largest level frame of the same shape."""
+    working = grey.reduce(max(1, max(grey.size) // _TILT_WORKING_SIDE))
+    frames = []
+    for degrees in TILTS:
+        turned = working.rotate(degrees, resample=Image.Resampling.BILINEAR)
+        scale = level_crop_scale(working.width, working.height, degrees)
+        margin_x = working.width * (1 - scale) / 2
+        margin_y = working.height * (1 - scale) / 2
+        frames.append(
+            turned.crop(
+                (
+                    round(margin_x),
+                    round(margin_y),
+                    round(working.width - margin_x),
+                    round(working.height - margin_y),
+                )
+            )
+        )
+    return frames
 
 
 def format_hash(photo_hash: int) -> str:

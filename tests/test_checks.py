@@ -15,7 +15,12 @@ from service.checks import (
     listing_windows,
     matches_listing,
 )
-from service.duplicates import DUPLICATE_MAX_DISTANCE, DuplicateIndex, photo_windows
+from service.duplicates import (
+    DUPLICATE_MAX_DISTANCE,
+    DuplicateIndex,
+    level_crop_scale,
+    photo_windows,
+)
 from service.intake import Photo, open_photo
 
 
@@ -25,6 +30,12 @@ def jpeg_photo(image: Image.Image, quality: int = 90) -> Photo:
 
 def codes(photo: Photo, **kwargs: object) -> list[str]:
     return [issue.code for issue in check_photo(photo, **kwargs)]
+
+
+def tilted(image: Image.Image, degrees: float) -> Image.Image:
+    """Turned by `degrees` and trimmed to a level frame inside the turned one."""
+    turned = image.rotate(degrees, resample=Image.Resampling.BICUBIC)
+    return trimmed(turned, (1 - 0.97 * level_crop_scale(*image.size, degrees)) / 2)
 
 
 def trimmed(image: Image.Image, fraction: float) -> Image.Image:
@@ -53,6 +64,12 @@ def test_listing_photo_reused_resized_and_cropped_is_a_blocker() -> None:
 def test_a_mirrored_listing_photo_is_listing_reuse_too() -> None:
     listing_image = textured_image(600, 600, seed=13)
     upload = jpeg_photo(ImageOps.mirror(listing_image).resize((800, 800)), quality=70)
+    assert LISTING_PHOTO_REUSE in check_photo(upload, listing_photos=[jpeg_photo(listing_image)])
+
+
+def test_a_tilted_listing_photo_is_listing_reuse_too() -> None:
+    listing_image = textured_image(800, 600, seed=14)
+    upload = jpeg_photo(tilted(listing_image, -9), quality=70)
     assert LISTING_PHOTO_REUSE in check_photo(upload, listing_photos=[jpeg_photo(listing_image)])
 
 
@@ -92,6 +109,16 @@ def test_a_mirrored_photo_from_another_claim_is_found() -> None:
     findings = inspect_photo(upload, duplicate_index=index)
     assert DUPLICATE_ACROSS_CLAIMS in findings.issues
     assert [match.ref for match in findings.duplicates] == ["claim-4/photo-c"]
+
+
+def test_a_tilted_photo_from_another_claim_is_found() -> None:
+    earlier = textured_image(800, 600, seed=25)
+    index = DuplicateIndex()
+    index.add_photo(photo_windows(jpeg_photo(earlier).image), "claim-5/photo-d")
+    upload = jpeg_photo(tilted(earlier, 11), quality=70)
+    findings = inspect_photo(upload, duplicate_index=index)
+    assert DUPLICATE_ACROSS_CLAIMS in findings.issues
+    assert [match.ref for match in findings.duplicates] == ["claim-5/photo-d"]
 
 
 def test_the_claims_own_photos_are_excluded() -> None:

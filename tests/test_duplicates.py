@@ -15,6 +15,7 @@ from service.duplicates import (
     FLIPS,
     HASH_BITS,
     HASHES_PER_PHOTO,
+    TILTS,
     WINDOWS,
     DuplicateIndex,
     DuplicateMatch,
@@ -23,10 +24,12 @@ from service.duplicates import (
     format_hashes,
     formatted_length,
     hamming_distance,
+    level_crop_scale,
     parse_hash_texts,
     parse_hashes,
     perceptual_hash,
     photo_windows,
+    tilted_frames,
 )
 
 
@@ -122,13 +125,16 @@ def test_flipped_windows_are_centred_windows_so_a_flip_maps_each_onto_itself() -
         assert left == pytest.approx(1 - right) and top == pytest.approx(1 - bottom)
 
 
-def test_windows_start_with_the_whole_frame_and_end_with_the_flips() -> None:
+def test_windows_start_with_the_whole_frame_then_the_flips_then_the_tilts() -> None:
     image = textured_image(400, 300)
     windows = photo_windows(image)
-    assert len(windows) == HASHES_PER_PHOTO == len(WINDOWS) + len(FLIPPED_WINDOWS)
+    assert len(windows) == HASHES_PER_PHOTO == len(WINDOWS) + len(FLIPPED_WINDOWS) + len(TILTS)
     assert windows[0] == perceptual_hash(image)
     assert set(FLIPS) == set(FLIPPED_IMAGES)
-    for flipped_hash, (flip, box) in zip(windows[len(WINDOWS) :], FLIPPED_WINDOWS, strict=True):
+    flipped = windows[len(WINDOWS) : len(WINDOWS) + len(FLIPPED_WINDOWS)]
+    tilted = windows[len(WINDOWS) + len(FLIPPED_WINDOWS) :]
+    assert list(tilted) == [perceptual_hash(frame) for frame in tilted_frames(image.convert("L"))]
+    for flipped_hash, (flip, box) in zip(flipped, FLIPPED_WINDOWS, strict=True):
         if box == (0.0, 0.0, 1.0, 1.0):
             # From the coefficients, the hash of the flipped image but for rounding: a coefficient
             # at the median can land on either side (0 or 2 bits in trials on several sizes).
@@ -150,6 +156,48 @@ def test_mirrored_copy_matches_one_of_the_originals_windows(
         DUPLICATE_MAX_DISTANCE
     )
     assert closest_distance(copy_hash, photo_windows(original)) <= DUPLICATE_MAX_DISTANCE
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "degrees", "expected"),
+    [
+        (400, 300, 0.0, 1.0),
+        (300, 300, 90.0, 1.0),  # a square turned a quarter is itself
+        (300, 300, 45.0, 1 / np.sqrt(2)),  # the square inside a diamond
+        (400, 300, 10.0, 1 / (np.cos(np.radians(10)) + 4 / 3 * np.sin(np.radians(10)))),
+        (300, 400, -10.0, 1 / (np.cos(np.radians(10)) + 4 / 3 * np.sin(np.radians(10)))),
+    ],
+)
+def test_level_crop_scale_known_values(
+    width: int, height: int, degrees: float, expected: float
+) -> None:
+    assert level_crop_scale(width, height, degrees) == pytest.approx(expected)
+
+
+def test_tilted_frames_hold_no_corner_from_outside_the_photo() -> None:
+    """Turned on a white photo, a corner from outside the frame would show as black. (192 px
+    wide: small enough that it is turned as it is, not reduced first.)"""
+    white = Image.new("L", (192, 144), 255)
+    frames = tilted_frames(white)
+    assert len(frames) == len(TILTS)
+    for frame, degrees in zip(frames, TILTS, strict=True):
+        assert np.asarray(frame).min() >= 200, degrees
+        # Trimmed no more than the turn needs, to the photo's shape.
+        assert frame.width >= level_crop_scale(192, 144, degrees) * 192 - 2, degrees
+        assert frame.width / frame.height == pytest.approx(192 / 144, rel=0.03), degrees
+
+
+@pytest.mark.parametrize("degrees", [-15.0, -10.0, 5.0, 12.0])
+def test_tilted_copy_matches_one_of_the_originals_windows(degrees: float) -> None:
+    """Turned a little and trimmed level: a way to reuse another buyer's photo."""
+    original = textured_image(600, 450, seed=4)
+    scale = 0.97 * level_crop_scale(600, 450, degrees)
+    margin = (1 - scale) / 2
+    turned = original.rotate(degrees, resample=Image.Resampling.BICUBIC)
+    copy_hash = perceptual_hash(reencoded(cropped(turned, margin, margin, margin, margin), 80))
+    windows = photo_windows(original)
+    assert closest_distance(copy_hash, windows[: -len(TILTS)]) > DUPLICATE_MAX_DISTANCE
+    assert closest_distance(copy_hash, windows) <= DUPLICATE_MAX_DISTANCE
 
 
 @pytest.mark.parametrize(
