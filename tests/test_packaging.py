@@ -1,0 +1,41 @@
+"""pyproject.toml lists its packages by hand (so that the shipped model can travel in the wheel as
+service/shipped_models/): these checks keep that list and the model's package data in step with
+the tree, without building a wheel."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from setuptools import find_namespace_packages
+
+from service.engine import CARD_FILE, DEFAULT_MODEL_DIR, SHIPPED_MODEL
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _setuptools_config() -> dict:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_every_package_in_the_tree_is_listed() -> None:
+    found = {
+        name
+        for name in find_namespace_packages(where=str(REPO_ROOT), include=["service*", "training*"])
+        if "__pycache__" not in name
+    }
+    listed = set(_setuptools_config()["packages"])
+    assert listed - {"service.shipped_models"} == found
+
+
+def test_the_wheel_carries_the_model_the_service_defaults_to() -> None:
+    config = _setuptools_config()
+    models_dir = REPO_ROOT / config["package-dir"]["service.shipped_models"]
+    patterns = config["package-data"]["service.shipped_models"]
+    assert sorted(patterns) == sorted(
+        [f"{SHIPPED_MODEL}/model.onnx", f"{SHIPPED_MODEL}/{CARD_FILE}"]
+    )
+    for pattern in patterns:
+        assert (models_dir / pattern).is_file(), pattern
+    # In a checkout the default is the folder the wheel copies.
+    assert models_dir / SHIPPED_MODEL == DEFAULT_MODEL_DIR
