@@ -4,6 +4,8 @@ the tree, without building a wheel."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -40,3 +42,17 @@ def test_the_wheel_carries_the_model_the_service_defaults_to() -> None:
         assert (models_dir / pattern).is_file(), pattern
     # In a checkout the default is the folder the wheel copies.
     assert models_dir / SHIPPED_MODEL == DEFAULT_MODEL_DIR
+
+
+def test_the_cli_runs_as_a_module() -> None:
+    """`python -m service.cli` is `triage` where the console script is not on PATH."""
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "keys", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage: triage keys" in result.stdout
