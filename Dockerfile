@@ -12,7 +12,12 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# pyproject.toml lists its packages, training/ among them (never imported at run time, and its
+# torch is in the [train] extra only), and installs the shipped model as service/shipped_models/,
+# the default model folder.
 COPY service ./service
+COPY training ./training
+COPY models/evidence-lite0-1.3.1 ./models/evidence-lite0-1.3.1
 # Only the runtime dependencies: no [train] extra, so no torch. The check fails the build if a
 # dependency ever pulls torch in.
 RUN python -m venv /opt/venv \
@@ -24,11 +29,9 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin triage \
     && mkdir /data && chown triage:triage /data
 COPY --from=build /opt/venv /opt/venv
-COPY models/evidence-lite0-1.3.1 /app/models/evidence-lite0-1.3.1
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    TRIAGE_DATA_DIR=/data \
-    TRIAGE_MODEL_DIR=/app/models/evidence-lite0-1.3.1
+    TRIAGE_DATA_DIR=/data
 USER triage
 WORKDIR /app
 VOLUME ["/data"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import hmac
 import secrets
 
 KEY_PREFIX = "trk_"
@@ -45,10 +44,6 @@ def display_prefix(key: str) -> str:
 def looks_like_key(candidate: str) -> bool:
     """Cheap shape check, so obviously malformed headers never reach the database."""
     return candidate.startswith(KEY_PREFIX) and 20 <= len(candidate) <= 128
-
-
-def key_matches(key: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_key(key), stored_hash)
 
 
 def parse_bearer(authorization: str | None) -> str | None:

@@ -31,8 +31,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.preprocess import InputSpec, batch_inputs
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "evidence-lite0-1.3.1"
 CARD_FILE = "model_card.json"
+SHIPPED_MODEL = "evidence-lite0-1.3.1"
+# A checkout (or an editable install) has the shipped model in models/ beside service/; a wheel
+# (pip install ., the Docker image) carries the same folder as service/shipped_models/ (see
+# pyproject.toml).
+_CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / SHIPPED_MODEL
+_PACKAGED_MODEL_DIR = Path(__file__).resolve().parent / "shipped_models" / SHIPPED_MODEL
+DEFAULT_MODEL_DIR = (
+    _PACKAGED_MODEL_DIR if (_PACKAGED_MODEL_DIR / CARD_FILE).is_file() else _CHECKOUT_MODEL_DIR
+)
 OUTPUT_NAMES = ("damage_logit", "damage_map", "embedding")
 # Chosen by bench/bench_engine.py on the 2-core machine (docs/engine.md).
 DEFAULT_INTRA_OP_THREADS = 1

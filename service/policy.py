@@ -33,10 +33,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal, Protocol
+from typing import Literal
 
 from pydantic import BaseModel, Field, NonNegativeFloat, PositiveInt
 
@@ -99,11 +99,6 @@ class PolicyConfig(BaseModel):
         return self.model_copy(update=filled)
 
 
-class IssueLike(Protocol):
-    code: str
-    severity: str
-
-
 @dataclass(frozen=True)
 class PhotoFacts:
     """What the policy needs to know about one photo. `index` is its 1-based position."""
@@ -113,20 +108,6 @@ class PhotoFacts:
     mismatch: float | None = None
     issues: tuple[tuple[str, str], ...] = ()  # (code, severity)
     duplicate_claims: tuple[str, ...] = ()  # other claims that already used this photo
-
-    @classmethod
-    def from_assessment(
-        cls, index: int, assessment: object, *, duplicate_claims: Iterable[str] = ()
-    ) -> PhotoFacts:
-        """Facts from a PhotoAssessment (or anything with damage, mismatch and issues)."""
-        issues: Sequence[IssueLike] = getattr(assessment, "issues", ())
-        return cls(
-            index=index,
-            damage=getattr(assessment, "damage", None),
-            mismatch=getattr(assessment, "mismatch", None),
-            issues=tuple((issue.code, issue.severity) for issue in issues),
-            duplicate_claims=tuple(duplicate_claims),
-        )
 
     @property
     def codes(self) -> frozenset[str]:

@@ -31,7 +31,10 @@ from service.db.migrate import upgrade_to_head
 from service.db.models import Claim
 from service.db.session import make_engine, make_session_factory, transaction
 
-POLL_LIMIT_S = 2.0
+# How long a test waits for something that should happen within milliseconds. Every wait ends as
+# soon as its condition holds, so a generous limit costs a passing run nothing and keeps a loaded
+# 2-core machine (other test runs, training) from failing it.
+POLL_LIMIT_S = 10.0
 
 
 def poll(condition: Callable[[], bool], *, limit: float = POLL_LIMIT_S) -> bool:
@@ -89,7 +92,8 @@ def test_stop_ends_a_sleeping_loop_at_once_and_leaves_no_task(
         assert refresher.running
         started = time.monotonic()
         await refresher.stop()
-        assert time.monotonic() - started < 0.5
+        # At once, not after the hour the loop sleeps: the bound leaves room for a busy machine.
+        assert time.monotonic() - started < 5
         assert not refresher.running
         assert asyncio.all_tasks() == {asyncio.current_task()}
 

@@ -543,7 +543,8 @@ def test_cli_batch_interrupted_says_how_to_go_on(engine, images_root, tmp_path, 
 
     monkeypatch.setattr(BatchJob, "run", interrupted)
     manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])
-    args = ["batch", str(manifest), "--images-root", str(images_root), "--out", "o.parquet"]
+    out = str(tmp_path / "o.parquet")
+    args = ["batch", str(manifest), "--images-root", str(images_root), "--out", out]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 130
     assert "interrupted: rerun with --resume to continue" in result.output

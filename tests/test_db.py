@@ -67,8 +67,20 @@ def test_migrations_match_the_models(engine: Engine) -> None:
     assert differences == []
 
 
-def test_migrating_twice_is_harmless(engine: Engine) -> None:
+def test_migrating_twice_is_harmless(
+    engine: Engine, sessions: sessionmaker[Session], buyer_key_id: str
+) -> None:
+    def state() -> tuple[list[str], int]:
+        with engine.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version"))
+            keys = connection.execute(text("SELECT count(*) FROM api_keys"))
+            return list(versions.scalars()), keys.scalar_one()
+
+    before = state()
     upgrade_to_head(engine)
+    assert state() == before and len(before[0]) == 1 and before[1] >= 1
+    with sessions() as session:
+        assert crud.get_listing(session, listing_id="db-listing") is not None
 
 
 def test_sqlite_runs_in_wal_mode(engine: Engine) -> None:

@@ -248,14 +248,6 @@ def test_unknown_reason_is_refused():
         triage(claim("changed_my_mind", photo(1, 0.5)))
 
 
-def test_facts_from_an_assessment():
-    issue = SimpleNamespace(code="blurry", severity="warning", message="m", tip="t")
-    assessment = SimpleNamespace(damage=0.7, mismatch=0.2, issues=[issue])
-    facts = PhotoFacts.from_assessment(2, assessment, duplicate_claims=["c1"])
-    assert facts == PhotoFacts(2, 0.7, 0.2, (("blurry", "warning"),), ("c1",))
-    assert facts.usable and not facts.clean
-
-
 def test_policy_is_deterministic():
     facts = claim("wrong_item", photo(1, 0.4, 0.6), photo(2, 0.7, 0.1, BLURRY), days_open=11)
     assert triage(facts) == triage(facts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,25 @@ def test_recalibrate_writes_a_new_folder_the_engine_serves(
     assert report["mismatch"]["labels"] == 2 and not report["mismatch"]["refitted"]
     assert report["damage"]["labels"] == 4 and "fewer than" in report["damage"]["why"]
     assert ScoringEngine.load(out).model_version == "evidence-lite0-1.3.1-site"
+    # The refusal to write over the model it came from, tried on a copy: were the guard ever
+    # lost, the test must not overwrite the shipped model in the checkout.
+    copy = tmp_path / "copy"
+    shutil.copytree(SHIPPED, copy)
     with pytest.raises(ValueError, match="new folder"):
-        main([*argv, str(SHIPPED), "--version", "x"])
+        main(
+            [
+                "recalibrate",
+                "--model-dir",
+                str(copy),
+                "--labels",
+                str(labels),
+                "--out",
+                str(copy),
+                "--version",
+                "x",
+            ]
+        )
+    assert (copy / "model_card.json").read_bytes() == (SHIPPED / "model_card.json").read_bytes()
 
 
 def test_ece_of_the_known_calibration_is_small_on_its_own_draws() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -66,7 +66,7 @@ def current_key(
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-def require_role(*roles: auth.Role):
+def require_role(*roles: auth.Role) -> Callable[[ApiKey], ApiKey]:
     allowed = {role.value for role in roles}
     names = " or ".join(sorted(allowed))
 

@@ -319,10 +319,6 @@ def open_evidence_photo_ids(
     return found
 
 
-def claim_photo(session: Session, *, claim_id: str, photo_id: str) -> ClaimPhoto | None:
-    return session.get(ClaimPhoto, (claim_id, photo_id))
-
-
 def add_claim_photo(
     session: Session,
     *,
