@@ -286,6 +286,49 @@ def test_claim_lifecycle_from_listing_to_audited_decision(api_server: ApiServer)
     reviewer.close()
 
 
+def decide_at_once(server: ApiServer, claim_id: str, decisions: list[tuple[str, str]]) -> list[int]:
+    """Each (key, decision) posted from its own thread, all released together: the statuses."""
+    start = threading.Barrier(len(decisions))
+    statuses: list[int] = []
+
+    def decide(key: str, decision: str) -> None:
+        with server.client(key) as reviewer:
+            start.wait()
+            answer = reviewer.post(f"/v1/claims/{claim_id}/reviews", json={"decision": decision})
+            statuses.append(answer.status_code)
+
+    threads = [threading.Thread(target=decide, args=pair) for pair in decisions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
+def test_two_reviewers_deciding_one_claim_at_once_record_one_decision(
+    api_server: ApiServer,
+) -> None:
+    """Two reviewers press a decision on the same claim at the same moment: one decision is
+    recorded, the other gets 409 claim_resolved, never two contradictory 201s. (Both used to
+    read the claim as unresolved before either wrote, and both were recorded.)"""
+    listing_id = new_listing(api_server)
+    second_reviewer = api_server.create_key(Role.reviewer, "second reviewer")
+    claims = [new_claim(api_server, listing_id) for _ in range(6)]
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        for seed, claim_id in enumerate(claims):
+            uploaded = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(plain_jpeg(seed)))
+            assert uploaded.status_code == 201, uploaded.text
+    decisions = [(api_server.keys["reviewer"], "reject"), (second_reviewer, "uphold_full_refund")]
+    for claim_id in claims:
+        statuses = decide_at_once(api_server, claim_id, decisions)
+        with api_server.client(api_server.keys["reviewer"]) as reviewer:
+            audit = reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]
+            claim = reviewer.get(f"/v1/claims/{claim_id}").json()
+        recorded = [e["detail"]["decision"] for e in audit if e["action"] == "review_recorded"]
+        assert sorted(statuses) == [201, 409], (claim_id, statuses, recorded)
+        assert recorded == [claim["decision"]]
+
+
 def test_same_idempotency_key_with_another_body_is_a_conflict(api_server: ApiServer) -> None:
     listing_id = new_listing(api_server)
     with api_server.client(api_server.keys["buyer"]) as buyer:

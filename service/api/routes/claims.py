@@ -276,6 +276,10 @@ def review_claim(
         claim = load_claim(session, claim_id, key)
         if claim.status == "resolved":
             raise claim_resolved(claim, "it cannot be reviewed again")
+        if not crud.hold_unresolved_claim(session, claim_id=claim_id, now=now):
+            # Another reviewer's decision landed since the claim was read.
+            session.refresh(claim)
+            raise claim_resolved(claim, "it cannot be reviewed again")
         evidence = {photo.photo_id for photo in crud.claim_photos(session, claim_id=claim_id)}
         unknown = [label.photo_id for label in body.labels if label.photo_id not in evidence]
         if unknown:
