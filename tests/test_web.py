@@ -539,6 +539,28 @@ def open_claims(server: ApiServer, listing_id: str, count: int, **fields: Any) -
     return created
 
 
+def test_ids_are_unique_and_the_claim_region_is_named_by_its_heading(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    page = open_page()
+    sign_in(page, server.keys["reviewer"])
+    page.locator("#queue-list .queue-item").first.wait_for()
+    page.keyboard.press("j")
+    claim_id = rendered_queue(page)[0]
+    page.locator("#detail-body .detail-sub", has_text=claim_id).wait_for()
+    duplicates = page.evaluate(
+        """() => {
+            const ids = [...document.querySelectorAll('[id]')].map(node => node.id);
+            return ids.filter((id, index) => ids.indexOf(id) !== index);
+        }"""
+    )
+    assert duplicates == []
+    heading = page.locator("#detail-body h2").inner_text()
+    # aria-labelledby named the hidden "No claim selected" heading while a claim was shown.
+    assert page.get_by_role("region", name=heading, exact=True).count() == 1
+    assert page.get_by_role("region", name="No claim selected").count() == 0
+
+
 CONTRAST = """node => {
     const channels = color => color.match(/[\\d.]+/g).slice(0, 3).map(Number);
     const luminance = color => {

@@ -748,6 +748,8 @@ function renderDetail(claim, audit, listing, modelCard) {
   );
   $("detail-placeholder").hidden = true;
   body.hidden = false;
+  // Named by the claim's heading now, no longer by the placeholder's (hidden, yet still read).
+  $("detail").setAttribute("aria-labelledby", "detail-title");
 }
 
 function setHeatmap(show) {
