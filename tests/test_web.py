@@ -539,6 +539,70 @@ def open_claims(server: ApiServer, listing_id: str, count: int, **fields: Any) -
     return created
 
 
+def test_a_decision_on_the_second_page_goes_on_with_the_claim_that_takes_its_place(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    page_size = 25  # PAGE_SIZE in app.js
+    missing = page_size + 3 - len(api_queue(server))
+    if missing > 0:
+        open_claims(server, seeded["listing_id"], missing)
+    expected = [claim["claim_id"] for claim in api_queue(server)]
+    assert len(expected) >= page_size + 3
+
+    page = open_page()
+    sign_in(page, server.keys["reviewer"])
+    page.locator("#queue-list .queue-item").nth(page_size - 1).wait_for()
+    page.get_by_role("button", name="Load more").click()
+    page.locator("#queue-list .queue-item").nth(page_size + 1).wait_for()
+    decided = expected[page_size]
+    page.locator(f'.queue-item[data-claim-id="{decided}"]').click()
+    page.locator("#detail-body .detail-sub", has_text=decided).wait_for()
+
+    page.keyboard.press("4")
+    page.locator(".toast", has_text="Reject recorded").wait_for()
+    # The claim after it now sits where it was, on the second page: not the first page's last.
+    page.locator("#detail-body .detail-sub", has_text=expected[page_size + 1]).wait_for()
+    selected = page.locator('.queue-item[aria-current="true"]').get_attribute("data-claim-id")
+    assert selected == expected[page_size + 1]
+    assert (
+        rendered_queue(page)[: page_size + 1]
+        == [c for c in expected if c != decided][: page_size + 1]
+    )
+    assert page.errors == []
+
+
+def test_a_claim_decided_by_another_reviewer_meanwhile_is_not_left_open_on_screen(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    page = open_page()
+    sign_in(page, server.keys["reviewer"])
+    page.locator("#queue-list .queue-item").nth(1).wait_for()
+    page.keyboard.press("j")
+    first, second = rendered_queue(page)[:2]
+    page.locator("#detail-body .detail-sub", has_text=first).wait_for()
+
+    reviewed_before = [e for e in api_audit(server, first) if e["action"] == "review_recorded"]
+    other = server.create_key(Role.reviewer, "another reviewer")
+    with server.client(other) as colleague:
+        _created(colleague.post(f"/v1/claims/{first}/reviews", json={"decision": "replacement"}))
+    page.keyboard.press("4")
+
+    alert = page.get_by_role("alert")
+    alert.wait_for()
+    assert "already resolved" in alert.inner_text()
+    # The page does not keep offering decisions on a claim that is decided: it goes on with
+    # the next one, and the decided claim leaves the queue, as after the reviewer's own decision.
+    page.locator("#detail-body .detail-sub", has_text=second).wait_for()
+    assert first not in rendered_queue(page)
+    assert "already resolved" in alert.inner_text()
+    reviews = [e for e in api_audit(server, first) if e["action"] == "review_recorded"]
+    assert reviews[: len(reviewed_before)] == reviewed_before
+    assert [event["detail"]["decision"] for event in reviews[len(reviewed_before) :]] == [
+        "replacement"
+    ]
+    assert page.errors == []
+
+
 def test_ids_are_unique_and_the_claim_region_is_named_by_its_heading(
     open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
 ) -> None:
