@@ -286,18 +286,18 @@ def test_claim_lifecycle_from_listing_to_audited_decision(api_server: ApiServer)
     reviewer.close()
 
 
-def decide_at_once(server: ApiServer, claim_id: str, decisions: list[tuple[str, str]]) -> list[int]:
-    """Each (key, decision) posted from its own thread, all released together: the statuses."""
-    start = threading.Barrier(len(decisions))
+def post_at_once(server: ApiServer, posts: list[tuple[str, str, Any]]) -> list[int]:
+    """Each (key, path, JSON body) posted from its own thread, all released together: the
+    statuses, in the order the answers came."""
+    start = threading.Barrier(len(posts))
     statuses: list[int] = []
 
-    def decide(key: str, decision: str) -> None:
-        with server.client(key) as reviewer:
+    def post(key: str, path: str, body: Any) -> None:
+        with server.client(key) as client:
             start.wait()
-            answer = reviewer.post(f"/v1/claims/{claim_id}/reviews", json={"decision": decision})
-            statuses.append(answer.status_code)
+            statuses.append(client.post(path, json=body).status_code)
 
-    threads = [threading.Thread(target=decide, args=pair) for pair in decisions]
+    threads = [threading.Thread(target=post, args=call) for call in posts]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -318,15 +318,48 @@ def test_two_reviewers_deciding_one_claim_at_once_record_one_decision(
         for seed, claim_id in enumerate(claims):
             uploaded = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(plain_jpeg(seed)))
             assert uploaded.status_code == 201, uploaded.text
-    decisions = [(api_server.keys["reviewer"], "reject"), (second_reviewer, "uphold_full_refund")]
     for claim_id in claims:
-        statuses = decide_at_once(api_server, claim_id, decisions)
+        path = f"/v1/claims/{claim_id}/reviews"
+        statuses = post_at_once(
+            api_server,
+            [
+                (api_server.keys["reviewer"], path, {"decision": "reject"}),
+                (second_reviewer, path, {"decision": "uphold_full_refund"}),
+            ],
+        )
         with api_server.client(api_server.keys["reviewer"]) as reviewer:
             audit = reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]
             claim = reviewer.get(f"/v1/claims/{claim_id}").json()
         recorded = [e["detail"]["decision"] for e in audit if e["action"] == "review_recorded"]
         assert sorted(statuses) == [201, 409], (claim_id, statuses, recorded)
         assert recorded == [claim["decision"]]
+
+
+def test_an_escalation_at_the_moment_of_a_decision_never_reopens_the_decided_claim(
+    api_server: ApiServer,
+) -> None:
+    """The buyer escalates while a reviewer decides: either order is fine, but a decided claim
+    must stay resolved. (The escalation read the claim as open, the decision committed, and the
+    escalation then wrote `escalated` over `resolved`: a decided claim back in the queue.)"""
+    listing_id = new_listing(api_server)
+    claims = [new_claim(api_server, listing_id) for _ in range(8)]
+    for claim_id in claims:
+        post_at_once(
+            api_server,
+            [
+                (
+                    api_server.keys["reviewer"],
+                    f"/v1/claims/{claim_id}/reviews",
+                    {"decision": "reject"},
+                ),
+                (api_server.keys["buyer"], f"/v1/claims/{claim_id}/escalate", None),
+            ],
+        )
+        with api_server.client(api_server.keys["reviewer"]) as reviewer:
+            claim = reviewer.get(f"/v1/claims/{claim_id}").json()
+            queue = reviewer.get("/v1/queue", params={"limit": 100}).json()["data"]
+        assert (claim["status"], claim["decision"]) == ("resolved", "reject"), claim_id
+        assert claim_id not in [item["claim_id"] for item in queue]
 
 
 def test_same_idempotency_key_with_another_body_is_a_conflict(api_server: ApiServer) -> None:

@@ -130,6 +130,10 @@ def escalate(
         raise claim_resolved(claim, "it cannot be escalated")
     if claim.status == "escalated":
         return
+    if not crud.hold_unresolved_claim(session, claim_id=claim.claim_id, now=now):
+        # A decision landed since the claim was read: `escalated` must not overwrite it.
+        session.refresh(claim)
+        raise claim_resolved(claim, "it cannot be escalated")
     previous = claim.status
     claim.status = "escalated"
     claim.escalated_at = now
