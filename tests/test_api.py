@@ -286,6 +286,113 @@ def test_claim_lifecycle_from_listing_to_audited_decision(api_server: ApiServer)
     reviewer.close()
 
 
+def post_at_once(server: ApiServer, posts: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
+    """Each (key, path, httpx keyword arguments) posted from its own thread, all released
+    together: the statuses, in the order the answers came."""
+    start = threading.Barrier(len(posts))
+    statuses: list[int] = []
+
+    def post(key: str, path: str, arguments: dict[str, Any]) -> None:
+        with server.client(key) as client:
+            start.wait()
+            statuses.append(client.post(path, **arguments).status_code)
+
+    threads = [threading.Thread(target=post, args=call) for call in posts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
+
+
+def test_two_reviewers_deciding_one_claim_at_once_record_one_decision(
+    api_server: ApiServer,
+) -> None:
+    """Two reviewers press a decision on the same claim at the same moment: one decision is
+    recorded, the other gets 409 claim_resolved, never two contradictory 201s. (Both used to
+    read the claim as unresolved before either wrote, and both were recorded.)"""
+    listing_id = new_listing(api_server)
+    second_reviewer = api_server.create_key(Role.reviewer, "second reviewer")
+    claims = [new_claim(api_server, listing_id) for _ in range(6)]
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        for seed, claim_id in enumerate(claims):
+            uploaded = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(plain_jpeg(seed)))
+            assert uploaded.status_code == 201, uploaded.text
+    for claim_id in claims:
+        path = f"/v1/claims/{claim_id}/reviews"
+        statuses = post_at_once(
+            api_server,
+            [
+                (api_server.keys["reviewer"], path, {"json": {"decision": "reject"}}),
+                (second_reviewer, path, {"json": {"decision": "uphold_full_refund"}}),
+            ],
+        )
+        with api_server.client(api_server.keys["reviewer"]) as reviewer:
+            audit = reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]
+            claim = reviewer.get(f"/v1/claims/{claim_id}").json()
+        recorded = [e["detail"]["decision"] for e in audit if e["action"] == "review_recorded"]
+        assert sorted(statuses) == [201, 409], (claim_id, statuses, recorded)
+        assert recorded == [claim["decision"]]
+
+
+def test_an_escalation_at_the_moment_of_a_decision_never_reopens_the_decided_claim(
+    api_server: ApiServer,
+) -> None:
+    """The buyer escalates while a reviewer decides: either order is fine, but a decided claim
+    must stay resolved. (The escalation read the claim as open, the decision committed, and the
+    escalation then wrote `escalated` over `resolved`: a decided claim back in the queue.)"""
+    listing_id = new_listing(api_server)
+    claims = [new_claim(api_server, listing_id) for _ in range(8)]
+    reviewer_key = api_server.keys["reviewer"]
+    for claim_id in claims:
+        post_at_once(
+            api_server,
+            [
+                (reviewer_key, f"/v1/claims/{claim_id}/reviews", {"json": {"decision": "reject"}}),
+                (api_server.keys["buyer"], f"/v1/claims/{claim_id}/escalate", {}),
+            ],
+        )
+        with api_server.client(api_server.keys["reviewer"]) as reviewer:
+            claim = reviewer.get(f"/v1/claims/{claim_id}").json()
+            queue = reviewer.get("/v1/queue", params={"limit": 100}).json()["data"]
+        assert (claim["status"], claim["decision"]) == ("resolved", "reject"), claim_id
+        assert claim_id not in [item["claim_id"] for item in queue]
+
+
+def test_evidence_arriving_at_the_moment_of_a_decision_never_reopens_the_decided_claim(
+    api_server: ApiServer,
+) -> None:
+    """A claim awaiting evidence: the buyer's upload is being scored while a reviewer decides.
+    The upload checked the status only before scoring, then stored the photos and moved the
+    claim from awaiting_evidence back to escalated over the decision. Either order is fine;
+    a decided claim stays resolved and gets no evidence after its decision."""
+    listing_id = new_listing(api_server)
+    claims = [new_claim(api_server, listing_id) for _ in range(6)]
+    reviewer_key, buyer_key = api_server.keys["reviewer"], api_server.keys["buyer"]
+    with api_server.client(reviewer_key) as reviewer, api_server.client(buyer_key) as buyer:
+        for claim_id in claims:
+            assert buyer.post(f"/v1/claims/{claim_id}/escalate").status_code == 200
+            asked = reviewer.post(
+                f"/v1/claims/{claim_id}/reviews", json={"decision": "request_more_evidence"}
+            )
+            assert asked.json()["claim_status"] == "awaiting_evidence", asked.text
+    for seed, claim_id in enumerate(claims):
+        photos = files(*(plain_jpeg(100 + 4 * seed + n) for n in range(4)))
+        post_at_once(
+            api_server,
+            [
+                (reviewer_key, f"/v1/claims/{claim_id}/reviews", {"json": {"decision": "reject"}}),
+                (buyer_key, f"/v1/claims/{claim_id}/evidence", {"files": photos}),
+            ],
+        )
+        with api_server.client(reviewer_key) as reviewer:
+            claim = reviewer.get(f"/v1/claims/{claim_id}").json()
+            audit = reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]
+        assert (claim["status"], claim["decision"]) == ("resolved", "reject"), claim_id
+        actions = [event["action"] for event in audit]
+        assert actions[-1] == "review_recorded", actions
+
+
 def test_same_idempotency_key_with_another_body_is_a_conflict(api_server: ApiServer) -> None:
     listing_id = new_listing(api_server)
     with api_server.client(api_server.keys["buyer"]) as buyer:

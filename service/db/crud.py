@@ -680,6 +680,21 @@ def count_claims(session: Session) -> int:
 # --- reviews and audit --------------------------------------------------------------------------
 
 
+def hold_unresolved_claim(session: Session, *, claim_id: str, now: datetime) -> bool:
+    """Take the claim's row for a change of status (a decision, an escalation) if it is still
+    unresolved; False when another transaction resolved it since it was read. A conditional
+    UPDATE, not a read then a write: it waits for the row (PostgreSQL) or the write lock
+    (SQLite) that a concurrent decision holds and then sees that decision's status, so a second
+    decision, or an escalation, cannot overwrite it."""
+    held = session.execute(
+        update(Claim)
+        .where(Claim.claim_id == claim_id, Claim.status != "resolved")
+        .values(updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(held.rowcount)  # type: ignore[attr-defined]  # a CursorResult for an UPDATE
+
+
 def create_review(
     session: Session,
     *,

@@ -748,6 +748,8 @@ function renderDetail(claim, audit, listing, modelCard) {
   );
   $("detail-placeholder").hidden = true;
   body.hidden = false;
+  // Named by the claim's heading now, no longer by the placeholder's (hidden, yet still read).
+  $("detail").setAttribute("aria-labelledby", "detail-title");
 }
 
 function setHeatmap(show) {
@@ -800,6 +802,11 @@ async function decide(decision) {
     clearError();
     await advanceAfterDecision(claim);
   } catch (error) {
+    if (error instanceof ApiError && error.status === 409) {
+      // Decided meanwhile (another reviewer): it has left the queue, so go on as after a
+      // decision of one's own, and then say why this one was not recorded.
+      await advanceAfterDecision(claim);
+    }
     reportError(error, `record "${decisionLabel(decision)}"`);
   } finally {
     state.deciding = false;
@@ -816,6 +823,15 @@ async function decide(decision) {
 async function advanceAfterDecision(decided) {
   const position = Math.max(state.selected, 0);
   await loadQueue();
+  // The reload starts at the first page again: load on until it reaches the reviewer's place,
+  // so a decision on a later page goes on there, not at the end of the first page.
+  const reached = () =>
+    state.items.slice(position).some((item) => item.claim_id !== decided.claim_id);
+  while (state.nextCursor && !reached()) {
+    const loaded = state.items.length;
+    await loadQueue({ append: true });
+    if (state.items.length === loaded) break; // that page failed: loadQueue reported it
+  }
   const others = state.items
     .map((item, index) => ({ item, index }))
     .filter(({ item }) => item.claim_id !== decided.claim_id);

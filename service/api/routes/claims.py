@@ -130,6 +130,10 @@ def escalate(
         raise claim_resolved(claim, "it cannot be escalated")
     if claim.status == "escalated":
         return
+    if not crud.hold_unresolved_claim(session, claim_id=claim.claim_id, now=now):
+        # A decision landed since the claim was read: `escalated` must not overwrite it.
+        session.refresh(claim)
+        raise claim_resolved(claim, "it cannot be escalated")
     previous = claim.status
     claim.status = "escalated"
     claim.escalated_at = now
@@ -275,6 +279,10 @@ def review_claim(
     with transaction(runtime.sessions) as session:
         claim = load_claim(session, claim_id, key)
         if claim.status == "resolved":
+            raise claim_resolved(claim, "it cannot be reviewed again")
+        if not crud.hold_unresolved_claim(session, claim_id=claim_id, now=now):
+            # Another reviewer's decision landed since the claim was read.
+            session.refresh(claim)
             raise claim_resolved(claim, "it cannot be reviewed again")
         evidence = {photo.photo_id for photo in crud.claim_photos(session, claim_id=claim_id)}
         unknown = [label.photo_id for label in body.labels if label.photo_id not in evidence]
