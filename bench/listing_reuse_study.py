@@ -13,8 +13,9 @@ measures, with the service's own engine and hashes:
   (`service.checks.LISTING_REUSE_CORROBORATION_DISTANCE` is the B in use), and the low
   percentiles of their hash distances;
 - edited copies of all 61 listing images that the 8-bit hash check mostly misses (a shop-page
-  screenshot, turned 8 degrees (with the corners filled, or trimmed level), a band of colour over it, cropped 20 or 30 %, mirrored and
-  cropped 15 %, saturated): the share caught by the hash check or the embedding, for each B.
+  screenshot, turned 8 degrees with the corners filled or trimmed level, a band of colour over
+  it, cropped 20 or 30 %, mirrored and cropped 15 %, saturated): the share caught by the hash
+  check or the embedding, for each B.
 
 Run on purpose, not in CI (about a minute on 2 cores).
 """
