@@ -1207,9 +1207,35 @@ def test_reviews_validate_labels_and_amounts(
             422,
             "amount_too_high",
         )
+        assert_problem(
+            reviewer.post(path, json={"decision": "reject", "amount": "5.00"}),
+            422,
+            "amount_not_applicable",
+        )
+        # A "full" refund of less than the claim is a partial one under the wrong name.
+        assert_problem(
+            reviewer.post(path, json={"decision": "uphold_full_refund", "amount": "3.00"}),
+            422,
+            "amount_not_full",
+        )
         assert_problem(reviewer.post(path, json={"decision": "maybe"}), 422, "validation_error")
         audit = reviewer.get(f"/v1/claims/{claim_with_evidence}/audit").json()
     assert "review_recorded" not in [event["action"] for event in audit["data"]]
+
+
+def test_a_full_refund_records_the_claimed_amount(
+    api_server: ApiServer, claim_with_evidence: str
+) -> None:
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        claimed = reviewer.get(f"/v1/claims/{claim_with_evidence}").json()["amount"]
+        review = reviewer.post(
+            f"/v1/claims/{claim_with_evidence}/reviews", json={"decision": "uphold_full_refund"}
+        )
+        assert review.status_code == 201, review.text
+        audit = reviewer.get(f"/v1/claims/{claim_with_evidence}/audit").json()["data"]
+    assert claimed is not None and review.json()["amount"] == claimed
+    recorded = [e["detail"] for e in audit if e["action"] == "review_recorded"]
+    assert [detail["amount"] for detail in recorded] == [claimed]
 
 
 def test_a_restarted_server_rebuilds_the_duplicate_index(api_server: ApiServer) -> None:

@@ -35,6 +35,8 @@ ClaimId = Annotated[str, Path(min_length=1, max_length=64)]
 PROBLEMS = {code: {"model": schemas.Problem} for code in (400, 401, 403, 404, 409, 422)}
 # Opening a claim in the future, or a clock-skewed device a little ahead, must not be trusted.
 _OPENED_AT_SKEW = timedelta(minutes=5)
+# The decisions that pay the buyer money, and so may carry an amount.
+REFUND_DECISIONS = frozenset({"uphold_full_refund", "uphold_partial_refund"})
 
 
 def actor(key: ApiKey) -> crud.Actor:
@@ -300,6 +302,14 @@ def review_claim(
                 "Amount required",
                 "A partial refund needs the amount to refund.",
             )
+        if body.amount is not None and body.decision not in REFUND_DECISIONS:
+            raise ProblemError(
+                422,
+                "amount_not_applicable",
+                "No amount for this decision",
+                f"A decision of {body.decision} refunds nothing; send the amount only with "
+                "uphold_partial_refund (or uphold_full_refund).",
+            )
         if body.amount is not None and claim.amount is not None and body.amount > claim.amount:
             raise ProblemError(
                 422,
@@ -307,13 +317,25 @@ def review_claim(
                 "Amount too high",
                 f"The refund {body.amount} exceeds the claimed amount {claim.amount}.",
             )
+        amount = body.amount
+        if body.decision == "uphold_full_refund" and claim.amount is not None:
+            # A full refund is the claimed amount: recorded as such, so refund totals add up.
+            if amount is not None and amount != claim.amount:
+                raise ProblemError(
+                    422,
+                    "amount_not_full",
+                    "Not the full amount",
+                    f"A full refund is the claimed amount {claim.amount}; to refund {amount}, "
+                    "record uphold_partial_refund.",
+                )
+            amount = claim.amount
         labels = [label.model_dump(mode="json") for label in body.labels]
         review = crud.create_review(
             session,
             claim_id=claim_id,
             reviewer_key_id=key.key_id,
             decision=body.decision,
-            amount=body.amount,
+            amount=amount,
             notes=body.notes,
             labels=labels,
             now=now,
@@ -336,7 +358,7 @@ def review_claim(
             detail={
                 "review_id": review.review_id,
                 "decision": body.decision,
-                "amount": None if body.amount is None else str(body.amount),
+                "amount": None if amount is None else str(amount),
                 "labels": labels,
                 "from_status": previous,
                 "to_status": claim.status,
