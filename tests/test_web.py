@@ -657,3 +657,35 @@ def test_an_urgent_deadline_is_readable_on_the_selected_queue_row(
     deadline = row.locator(".deadline")
     assert deadline.get_attribute("class") == "deadline deadline-soon"
     assert deadline.evaluate(CONTRAST) >= 4.5
+
+
+@pytest.mark.parametrize(
+    ("path", "rendered"), [("/docs", ".swagger-ui .info .title"), ("/redoc", "h1")]
+)
+def test_the_api_docs_render_with_nothing_from_outside(
+    browser: Any, server: ApiServer, path: str, rendered: str
+) -> None:
+    """/docs and /redoc load their scripts and styles from the service: every request to another
+    host is refused here, as it would fail in an offline deployment. (ReDoc's own "powered by"
+    logo is an image from its CDN; offline it is missing, nothing else.)"""
+    context = browser.new_context()
+    outside: list[str] = []
+
+    def refuse_outside(route: Any) -> None:
+        if route.request.url.startswith(server.base_url):
+            route.continue_()
+            return
+        if route.request.resource_type != "image":
+            outside.append(route.request.url)
+        route.abort()
+
+    context.route("**/*", refuse_outside)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    try:
+        page.goto(f"{server.base_url}{path}")
+        page.locator(rendered).first.wait_for()
+        assert "Evidence Triage" in page.locator(rendered).first.inner_text()
+    finally:
+        context.close()
+    assert outside == []

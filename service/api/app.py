@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -69,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await run_in_threadpool(runtime.close)
             del app.state.runtime
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts served from the package, not from a CDN: an offline
+    # deployment (or a browser without internet) would otherwise get blank pages.
+    app = FastAPIOffline(
         title="Evidence Triage",
         version=service.__version__,
         description=DESCRIPTION,
