@@ -314,6 +314,36 @@ def test_a_key_pressed_while_the_next_claim_loads_decides_nothing(
     assert {claim_id: api_audit(server, claim_id) for claim_id in (first, second)} == before
 
 
+def test_a_claim_that_fails_to_load_replaces_the_one_on_screen_and_r_tries_again(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    """The server cannot be reached while the next claim loads: the claim shown before must
+    leave the screen (the queue already highlights the next one), a decision key decides
+    nothing, and r loads the claim once the server answers again."""
+    first, second = (claim["claim_id"] for claim in api_queue(server)[:2])
+    before = {claim_id: api_audit(server, claim_id) for claim_id in (first, second)}
+    page = open_page()
+    failing = f"**/v1/claims/{second}"
+    page.route(failing, lambda route: route.abort())
+    sign_in(page, server.keys["reviewer"])
+    page.locator("#queue-list .queue-item").first.wait_for()
+    page.keyboard.press("j")
+    page.locator("#detail-body .detail-sub", has_text=first).wait_for()
+
+    page.keyboard.press("j")
+    page.locator("#placeholder-title", has_text="could not be opened").wait_for()
+    assert not page.locator("#detail-body").is_visible()
+    assert page.get_by_role("alert").is_visible()
+    page.keyboard.press("4")
+    page.locator(".toast", has_text="press r to try again").wait_for()
+
+    page.unroute(failing)
+    page.keyboard.press("r")
+    page.locator("#detail-body .detail-sub", has_text=second).wait_for()
+    assert not page.locator("#detail-placeholder").is_visible()
+    assert {claim_id: api_audit(server, claim_id) for claim_id in (first, second)} == before
+
+
 def test_a_refused_key_shows_the_problem_and_asks_again(
     open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
 ) -> None:

@@ -30,6 +30,8 @@ const state = {
   nextCursor: null,
   selected: -1,
   claim: null,
+  // The claim id whose detail failed to load (it is not on screen), until another one loads.
+  failedClaimId: null,
   showHeatmap: sessionStorage.getItem(HEATMAP_STORAGE) === "1",
   deciding: false,
   detailAbort: null,
@@ -221,6 +223,12 @@ async function loadQueue({ append = false } = {}) {
   }
 }
 
+/** Reload the queue, and the selected claim too where its detail failed to load. */
+async function refresh() {
+  await loadQueue();
+  if (state.failedClaimId && state.selected >= 0) await select(state.selected);
+}
+
 function queueItem(claim, index) {
   const triage = claim.triage ?? {};
   const priority = Math.round(triage.priority ?? 0);
@@ -334,13 +342,27 @@ async function loadDetail(claimId, listingId) {
       state.modelCard,
     ]);
     state.claim = claim;
+    state.failedClaimId = null;
     renderDetail(claim, audit, listing, modelCard);
     prefetchNeighbour();
   } catch (error) {
+    if (error?.name !== "AbortError" && state.detailAbort === abort) showDetailFailure(claimId);
     reportError(error, `open claim ${shortId(claimId)}`);
   } finally {
     if (state.detailAbort === abort) $("detail").removeAttribute("aria-busy");
   }
+}
+
+/** The selected claim could not be loaded: take the claim shown before it off the screen, so
+ * that the detail never shows a claim other than the one selected in the queue. */
+function showDetailFailure(claimId) {
+  state.failedClaimId = claimId;
+  $("detail-body").hidden = true;
+  $("detail-body").replaceChildren();
+  $("placeholder-title").textContent = `Claim ${shortId(claimId)} could not be opened`;
+  $("placeholder-hint").textContent = "Press r to try again, or j / k to move on.";
+  $("detail-placeholder").hidden = false;
+  $("detail").setAttribute("aria-labelledby", "placeholder-title");
 }
 
 /** Warm the image cache with the next claim's photos (queue rows carry their photo urls), so
@@ -770,7 +792,13 @@ function openPhoto(img) {
 async function decide(decision) {
   const claim = state.claim;
   if (!claim) {
-    toast(state.selected < 0 ? "Select a claim first (j / k)." : "The claim is still loading.");
+    toast(
+      state.selected < 0
+        ? "Select a claim first (j / k)."
+        : state.failedClaimId
+          ? "This claim could not be opened: press r to try again."
+          : "The claim is still loading.",
+    );
     return;
   }
   if (state.deciding) return;
@@ -866,7 +894,7 @@ function onKey(event) {
     j: () => move(1),
     k: () => move(-1),
     h: () => setHeatmap(!state.showHeatmap),
-    r: () => loadQueue(),
+    r: () => refresh(),
     "?": () => $("keys-dialog").showModal(),
   };
   const action = actions[event.key];
@@ -890,7 +918,7 @@ function start() {
   $("sign-out").addEventListener("click", forgetKey);
   $("alert-close").addEventListener("click", clearError);
   $("keys-button").addEventListener("click", () => $("keys-dialog").showModal());
-  $("refresh").addEventListener("click", () => loadQueue());
+  $("refresh").addEventListener("click", () => refresh());
   $("load-more").addEventListener("click", () => loadQueue({ append: true }));
   $("filters").addEventListener("change", () => {
     state.selected = -1;
