@@ -187,7 +187,7 @@ def test_tilted_frames_hold_no_corner_from_outside_the_photo() -> None:
         assert frame.width / frame.height == pytest.approx(192 / 144, rel=0.03), degrees
 
 
-@pytest.mark.parametrize("degrees", [-15.0, -10.0, 5.0, 12.0])
+@pytest.mark.parametrize("degrees", [-12.0, -9.0, 5.0, 11.0])
 def test_tilted_copy_matches_one_of_the_originals_windows(degrees: float) -> None:
     """Turned a little and trimmed level: a way to reuse another buyer's photo."""
     original = textured_image(600, 450, seed=4)
