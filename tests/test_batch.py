@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -587,3 +588,61 @@ def test_real_grocery_photos_flow_through(engine, shared_data: Path, tmp_path: P
     assert [row["error"] for row in scored] == [None] * len(photos)
     assert all(0 <= row["damage"] <= 1 and 0 <= row["mismatch"] <= 1 for row in scored)
     assert len(read_any(claims_path(out))) == len(photos)
+
+
+def copy_of(images_root: Path, folder: Path) -> Path:
+    """A private copy of the images, for a test that replaces some of them."""
+    folder.mkdir()
+    for image in images_root.iterdir():
+        (folder / image.name).write_bytes(image.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("replaced", "rescored"),
+    [
+        ("a2.jpg", {"a2.jpg"}),  # a photo
+        ("listing.jpg", {"a1.jpg", "a2.jpg", "b1.jpg", "listing.jpg"}),  # every row comparing it
+    ],
+)
+def test_resume_scores_again_a_file_replaced_under_the_same_path(
+    engine, images_root, tmp_path: Path, replaced: str, rescored: set[str]
+):
+    root = copy_of(images_root, tmp_path / "images")
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, root, out)
+    before = {row["photo"]: row for row in read_any(out)}
+    damaged = textured_image(seed=22)
+    damaged.paste((255, 0, 0), (0, 0, 160, 120))
+    (root / replaced).write_bytes(encode(damaged, "JPEG", quality=92))  # same path, new photo
+    job = run_job(engine, manifest, root, out, resume=True)
+    retried = failing(MANIFEST_ROWS)
+    assert (job.summary.scored_now, job.summary.resumed) == (
+        len(rescored) + retried,
+        len(MANIFEST_ROWS) - len(rescored) - retried,
+    )
+    after = {row["photo"]: row for row in read_any(out)}
+    fresh = tmp_path / "fresh.parquet"
+    run_job(engine, manifest, root, fresh)
+    assert rows_of(out) == rows_of(fresh)
+
+    def results(row: dict) -> tuple:
+        return row["damage"], row["match_similarity"]
+
+    assert {photo for photo, row in after.items() if results(row) != results(before[photo])} == (
+        rescored
+    )
+
+
+def test_resume_notices_a_changed_time_alone(engine, images_root, tmp_path: Path):
+    """A file edited in place keeps its size: its modification time tells it apart."""
+    root = copy_of(images_root, tmp_path / "images")
+    manifest = write_manifest(tmp_path / "m.csv", [{"claim_id": "T", "photo": "a2.jpg"}])
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, root, out)
+    photo = root / "a2.jpg"
+    status = photo.stat()
+    os.utime(photo, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+    assert run_job(engine, manifest, root, out, resume=True).summary.resumed == 0
+    assert run_job(engine, manifest, root, out, resume=True).summary.resumed == 1
