@@ -228,6 +228,10 @@ def read_manifest(path: Path) -> pa.Table:
             table = pq.read_table(path)
     except (OSError, pa.ArrowException) as error:
         raise ManifestError(f"{path.name} cannot be read as {kind}: {error}") from None
+    repeated = [name for name, count in Counter(table.column_names).items() if count > 1]
+    if repeated:
+        # Which of them a row means cannot be guessed, and the output could not hold both.
+        raise ManifestError(f"{path.name} names a column more than once: {', '.join(repeated)}")
     missing = [column for column in REQUIRED_COLUMNS if column not in table.column_names]
     if missing:
         raise ManifestError(f"{path.name} lacks the required column(s) {', '.join(missing)}")

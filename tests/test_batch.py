@@ -342,6 +342,16 @@ def test_a_fresh_run_ignores_old_parts(engine, images_root, tmp_path):
         ("m.txt", "claim_id,photo\n", "unknown table format"),
         ("m.parquet", "not parquet", "cannot be read"),
         ("m.csv", "claim_id,photo,damage\nA,a1.jpg,1\n", "already has output column"),
+        (
+            "m.csv",
+            "claim_id,photo,photo\nA,a1.jpg,a2.jpg\n",
+            "names a column more than once: photo",
+        ),
+        (
+            "m.csv",
+            "claim_id,photo,note,note\nA,a1.jpg,x,y\n",
+            "names a column more than once: note",
+        ),
     ],
 )
 def test_malformed_manifests_are_refused(engine, images_root, tmp_path, name, content, message):
