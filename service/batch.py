@@ -453,7 +453,12 @@ class RowScore:
 
 def resolve_under(root: Path, relative: str) -> Path:
     """`relative` inside `root`; a manifest may not point outside the images root."""
-    candidate = (root / relative).resolve()
+    try:
+        candidate = (root / relative).resolve()
+    except ValueError:  # the OS refuses the path before looking for the file
+        raise OSError(f"{relative!r} is not a usable path: it holds a NUL character") from None
+    except RuntimeError:  # pathlib's word for ELOOP
+        raise OSError(f"{relative} is a loop of symbolic links") from None
     if not candidate.is_relative_to(root):
         raise PermissionError(f"{relative} is outside the images root")
     return candidate
@@ -463,7 +468,7 @@ def read_failure(error: OSError) -> str:
     """Why a file under the images root could not be read, without its absolute path."""
     if error.strerror:
         return f"unreadable: {error.strerror}"
-    return str(error)  # resolve_under's refusal, which names the manifest's path
+    return str(error)  # resolve_under's refusals, which name the manifest's path
 
 
 def listing_paths(value: str | Sequence[str | None] | None) -> tuple[str, ...]:

@@ -656,3 +656,31 @@ def test_resume_notices_a_changed_time_alone(engine, images_root, tmp_path: Path
     os.utime(photo, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
     assert run_job(engine, manifest, root, out, resume=True).summary.resumed == 0
     assert run_job(engine, manifest, root, out, resume=True).summary.resumed == 1
+
+
+def test_a_path_no_file_can_have_is_a_row_error(engine, images_root, tmp_path: Path):
+    rows = [
+        {"claim_id": "Z", "photo": "a1\u0000.jpg", "listing_images": ["listing.jpg"]},
+        {"claim_id": "Z", "photo": "a2.jpg", "listing_images": ["list\u0000ing.jpg"]},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "scores.parquet"
+    job = run_job(engine, manifest, images_root, out)
+    first, second = read_any(out)
+    assert first["error"] == "'a1\\x00.jpg' is not a usable path: it holds a NUL character"
+    assert second["error"] is None and second["damage"] is not None
+    assert second["listing_errors"].startswith("list\x00ing.jpg: 'list\\x00ing.jpg' is not a")
+    assert job.summary.errors == 1
+
+
+def test_a_symlink_loop_is_a_row_error(engine, images_root, tmp_path: Path):
+    root = copy_of(images_root, tmp_path / "images")
+    (root / "loop.jpg").symlink_to("loop.jpg")
+    rows = [{"claim_id": "Y", "photo": "loop.jpg", "listing_images": "loop.jpg;listing.jpg"}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, root, out)
+    [row] = read_any(out)
+    assert row["error"] == "loop.jpg is a loop of symbolic links"
+    assert row["listing_errors"] is None  # not scored, so not compared
