@@ -296,15 +296,19 @@ def write_table(table: pa.Table, path: Path, kind: str | None = None) -> None:
     sees half a file."""
     kind = kind or output_format(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    if kind == "parquet":
-        pq.write_table(table, temporary)
-    elif kind == "csv":
-        pa_csv.write_csv(nested_as_json_text(table), temporary)
-    else:
-        with temporary.open("w", encoding="utf-8") as stream:
-            for record in table.to_pylist():
-                stream.write(json.dumps(record, default=json_value) + "\n")
-    os.replace(temporary, path)
+    try:
+        if kind == "parquet":
+            pq.write_table(table, temporary)
+        elif kind == "csv":
+            pa_csv.write_csv(nested_as_json_text(table), temporary)
+        else:
+            with temporary.open("w", encoding="utf-8") as stream:
+                for record in table.to_pylist():
+                    stream.write(json.dumps(record, default=json_value) + "\n")
+        os.replace(temporary, path)
+    except BaseException:  # a full disk, a value the format cannot hold, Ctrl-C
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def claims_path(out: Path) -> Path:
@@ -707,6 +711,8 @@ class BatchJob:
     ) -> None:
         self.table = read_manifest(manifest)
         self.out_format = output_format(out)  # refuse an unknown output format before any work
+        if out.is_dir():
+            raise ManifestError(f"the output {out} is a folder; name a file (scores.parquet)")
         if not images_root.is_dir():
             raise ManifestError(f"the images root {images_root} is not a folder")
         self.images_root = images_root.resolve()
@@ -726,7 +732,10 @@ class BatchJob:
         saved_scores = self._read_parts() if self.resume else []
         if not self.resume:
             self._clear_parts()
-        self.parts.mkdir(parents=True, exist_ok=True)
+        try:
+            self.parts.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ManifestError(f"cannot keep the results beside {self.out}: {error}") from None
         # A row that failed is tried again: its file may have been put right since.
         saved = {
             score.fingerprint: score

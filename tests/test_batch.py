@@ -684,3 +684,22 @@ def test_a_symlink_loop_is_a_row_error(engine, images_root, tmp_path: Path):
     [row] = read_any(out)
     assert row["error"] == "loop.jpg is a loop of symbolic links"
     assert row["listing_errors"] is None  # not scored, so not compared
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path):
+    interval = pa.array([pa.MonthDayNano([1, 2, 3])], pa.month_day_nano_interval())
+    with pytest.raises(pa.ArrowException):
+        write_table(pa.table({"span": interval}), tmp_path / "o.csv")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unusable_output_path_is_refused_before_scoring(engine, images_root, tmp_path: Path):
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])
+    (tmp_path / "a-file").write_text("")
+    for out, message in [
+        (tmp_path, "is a folder"),
+        (tmp_path / "a-file" / "o.parquet", "cannot keep the results"),
+    ]:
+        with pytest.raises(ManifestError, match=message):
+            run_job(engine, manifest, images_root, out)
+    assert not (tmp_path.parent / f"{tmp_path.name}.parts").exists()
