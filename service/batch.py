@@ -11,7 +11,8 @@ columns plus `damage`, `mismatch`, `match_similarity`, `quality_codes` (';'-sepa
 `listing_images`), `model_version`, `error` (the photo itself could not be read or scored) and
 `listing_errors` (listing images of the row that could not be read, "path: problem; ..."), one
 row per manifest row in manifest order; a bad photo or listing image never stops the run. CSV
-writes nested pass-through values as JSON text, JSONL writes times as ISO 8601. Beside it,
+writes nested pass-through values as JSON text, JSONL writes times as ISO 8601, and both write
+binary values as their UTF-8 text, or as hex where they are not text. Beside it,
 `<out>.claims.<ext>` (`<out>.claims` when OUT has no extension), in the same format: one row per
 claim with the triage policy's support, sufficiency, lane, priority and reasons. A claim's photos
 are counted by content, as in the API: the same photo listed twice is one photo ("photo N" in a
@@ -273,21 +274,49 @@ def known_columns_typed(table: pa.Table, source: str) -> pa.Table:
 
 
 def json_value(value: object) -> str:
-    """What json.dumps cannot write itself: times as ISO 8601, anything else as its text."""
+    """What json.dumps cannot write itself: times as ISO 8601, bytes as binary_text, anything
+    else as its text."""
     if isinstance(value, datetime | date | time):
         return value.isoformat()
+    if isinstance(value, bytes):
+        return binary_text(value)
     return str(value)
 
 
-def nested_as_json_text(table: pa.Table) -> pa.Table:
-    """Nested columns (structs, lists, maps), which CSV cannot hold, as JSON text."""
+def binary_text(value: bytes) -> str:
+    """Bytes as the text they hold (some Parquet writers leave text columns unannotated, and
+    they read as binary), or as hex where they hold none (a hash, say)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.hex()
+
+
+def _is_binary(column_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(column_type)
+        or pa.types.is_large_binary(column_type)
+        or pa.types.is_fixed_size_binary(column_type)
+    )
+
+
+def as_csv_text(table: pa.Table) -> pa.Table:
+    """What CSV cannot hold as text: nested columns (structs, lists, maps) as JSON text, binary
+    ones as binary_text (the CSV writer refuses bytes that are not UTF-8)."""
     for index, column_field in enumerate(table.schema):
         if pa.types.is_nested(column_field.type):
             texts = [
                 None if value is None else json.dumps(value, default=json_value)
                 for value in table.column(index).to_pylist()
             ]
-            table = table.set_column(index, column_field.name, pa.array(texts, pa.string()))
+        elif _is_binary(column_field.type):
+            texts = [
+                None if value is None else binary_text(value)
+                for value in table.column(index).to_pylist()
+            ]
+        else:
+            continue
+        table = table.set_column(index, column_field.name, pa.array(texts, pa.string()))
     return table
 
 
@@ -300,7 +329,7 @@ def write_table(table: pa.Table, path: Path, kind: str | None = None) -> None:
         if kind == "parquet":
             pq.write_table(table, temporary)
         elif kind == "csv":
-            pa_csv.write_csv(nested_as_json_text(table), temporary)
+            pa_csv.write_csv(as_csv_text(table), temporary)
         else:
             with temporary.open("w", encoding="utf-8") as stream:
                 for record in table.to_pylist():

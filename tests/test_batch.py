@@ -703,3 +703,24 @@ def test_an_unusable_output_path_is_refused_before_scoring(engine, images_root, 
         with pytest.raises(ManifestError, match=message):
             run_job(engine, manifest, images_root, out)
     assert not (tmp_path.parent / f"{tmp_path.name}.parts").exists()
+
+
+@pytest.mark.parametrize("out_ext", [".csv", ".jsonl"])
+def test_binary_pass_through_columns_are_text_or_hex(engine, images_root, tmp_path, out_ext):
+    """Parquet writers that leave text unannotated give binary columns; hashes are bytes."""
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "claim_id": ["A", "A"],
+                "photo": ["a1.jpg", "a2.jpg"],
+                "ref": pa.array([b"order-7", None], pa.binary()),
+                "digest": pa.array([b"\x00\xff", b"\xfe"], pa.large_binary()),
+            }
+        ),
+        manifest,
+    )
+    out = tmp_path / f"scores{out_ext}"
+    run_job(engine, manifest, images_root, out)
+    got = [(row["ref"] or None, row["digest"]) for row in read_any(out)]
+    assert got == [("order-7", "00ff"), (None, "fe")]
