@@ -2,9 +2,10 @@
 
 Manifest (CSV, JSONL or Parquet, by extension): one row per photo with `claim_id`, `photo` (a
 path under the images root), optional `listing_images` (paths separated by ';', or a list of
-paths in JSONL and Parquet), `reason`, `opened_at`, `status`, `escalated`, and any other
-columns, which are passed through unchanged (a CSV is read as text throughout, so an `order_ref`
-of "000038" stays "000038"). A known column of a type the job cannot read is a ManifestError.
+paths in JSONL and Parquet; paths are read without surrounding spaces), `reason`, `opened_at`,
+`status`, `escalated`, and any other columns, which are passed through unchanged (a CSV is read
+as text throughout, so an `order_ref` of "000038" stays "000038"). A known column of a type the
+job cannot read is a ManifestError.
 
 Output (Parquet by default, also when OUT has no extension; CSV or JSONL by extension): the input
 columns plus `damage`, `mismatch`, `match_similarity`, `quality_codes` (';'-separated, like
@@ -542,7 +543,7 @@ def row_inputs(table: pa.Table, images_root: Path) -> list[RowInput]:
         )
 
     return [
-        stamped(str(photo or ""), listing_paths(listing))
+        stamped(str(photo or "").strip(), listing_paths(listing))
         for photo, listing in zip(photos, listings, strict=True)
     ]
 

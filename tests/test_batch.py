@@ -724,3 +724,16 @@ def test_binary_pass_through_columns_are_text_or_hex(engine, images_root, tmp_pa
     run_job(engine, manifest, images_root, out)
     got = [(row["ref"] or None, row["digest"]) for row in read_any(out)]
     assert got == [("order-7", "00ff"), (None, "fe")]
+
+
+def test_photo_paths_are_trimmed_like_listing_paths(engine, images_root, tmp_path: Path, scored):
+    """Spreadsheets leave spaces around cells; a listing path was already read without them."""
+    rows = [{"claim_id": "S", "photo": " a1.jpg\t", "listing_images": " listing.jpg ; gone.jpg"}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, images_root, out)
+    [row] = read_any(out)
+    _, reference, _ = scored
+    assert row["photo"] == " a1.jpg\t"  # passed through as written
+    assert row["error"] is None
+    assert row["damage"] == pytest.approx(reference[0]["damage"])
