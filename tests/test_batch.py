@@ -737,3 +737,20 @@ def test_photo_paths_are_trimmed_like_listing_paths(engine, images_root, tmp_pat
     assert row["photo"] == " a1.jpg\t"  # passed through as written
     assert row["error"] is None
     assert row["damage"] == pytest.approx(reference[0]["damage"])
+
+
+def test_resume_compares_a_listing_image_that_arrived_since(engine, images_root, tmp_path: Path):
+    """The row itself did not fail (its photo was scored), so only the stamps can tell."""
+    root = copy_of(images_root, tmp_path / "images")
+    rows = [{"claim_id": "V", "photo": "a2.jpg", "listing_images": "late.jpg", "reason": "damaged"}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, root, out)
+    [row] = read_any(out)
+    assert row["mismatch"] is None and row["listing_errors"].startswith("late.jpg: unreadable")
+    (root / "late.jpg").write_bytes((root / "a2.jpg").read_bytes())
+    job = run_job(engine, manifest, root, out, resume=True)
+    [row] = read_any(out)
+    assert job.summary.scored_now == 1 and not job.summary.unusable_listing_images
+    assert row["listing_errors"] is None
+    assert row["match_similarity"] == pytest.approx(1.0, abs=1e-4)
