@@ -12,8 +12,9 @@ columns plus `damage`, `mismatch`, `match_similarity`, `quality_codes` (';'-sepa
 `listing_images`), `model_version`, `error` (the photo itself could not be read or scored) and
 `listing_errors` (listing images of the row that could not be read, "path: problem; ..."), one
 row per manifest row in manifest order; a bad photo or listing image never stops the run. CSV
-writes nested pass-through values as JSON text, JSONL writes times as ISO 8601, and both write
-binary values as their UTF-8 text, or as hex where they are not text. Beside it,
+writes nested pass-through values as JSON text, JSONL writes times as ISO 8601, both write
+binary values as their UTF-8 text, or as hex where they are not text, and JSON (JSONL, and
+nested values in CSV) writes NaN and infinities as null. Beside it,
 `<out>.claims.<ext>` (`<out>.claims` when OUT has no extension), in the same format: one row per
 claim with the triage policy's support, sufficiency, lane, priority and reasons. A claim's photos
 are counted by content, as in the API: the same photo listed twice is one photo ("photo N" in a
@@ -55,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import uuid
 from collections import Counter, OrderedDict, deque
@@ -284,6 +286,18 @@ def json_value(value: object) -> str:
     return str(value)
 
 
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as None: JSON has no word for them, and what Python
+    writes for them (NaN, Infinity) is refused by strict parsers (JSON.parse, Go, BigQuery)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
 def binary_text(value: bytes) -> str:
     """Bytes as the text they hold (some Parquet writers leave text columns unannotated, and
     they read as binary), or as hex where they hold none (a hash, say)."""
@@ -307,7 +321,7 @@ def as_csv_text(table: pa.Table) -> pa.Table:
     for index, column_field in enumerate(table.schema):
         if pa.types.is_nested(column_field.type):
             texts = [
-                None if value is None else json.dumps(value, default=json_value)
+                None if value is None else json.dumps(json_safe(value), default=json_value)
                 for value in table.column(index).to_pylist()
             ]
         elif _is_binary(column_field.type):
@@ -334,7 +348,7 @@ def write_table(table: pa.Table, path: Path, kind: str | None = None) -> None:
         else:
             with temporary.open("w", encoding="utf-8") as stream:
                 for record in table.to_pylist():
-                    stream.write(json.dumps(record, default=json_value) + "\n")
+                    stream.write(json.dumps(json_safe(record), default=json_value) + "\n")
         os.replace(temporary, path)
     except BaseException:  # a full disk, a value the format cannot hold, Ctrl-C
         temporary.unlink(missing_ok=True)

@@ -754,3 +754,28 @@ def test_resume_compares_a_listing_image_that_arrived_since(engine, images_root,
     assert job.summary.scored_now == 1 and not job.summary.unusable_listing_images
     assert row["listing_errors"] is None
     assert row["match_similarity"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_jsonl_output_is_strict_json_when_a_column_holds_nan(engine, images_root, tmp_path):
+    """JSON has no NaN or Infinity: JSON.parse, Go and BigQuery refuse what Python writes."""
+    manifest = tmp_path / "m.parquet"
+    nan, inf = float("nan"), float("inf")
+    amounts = pa.array([nan, inf, 1.5])
+    samples = pa.array([[nan, 2.0], None, [-inf]], pa.list_(pa.float64()))
+    photos = ["a1.jpg", "a2.jpg", "a1.jpg"]
+    pq.write_table(
+        pa.table({"claim_id": ["A"] * 3, "photo": photos, "amount": amounts, "samples": samples}),
+        manifest,
+    )
+    out = tmp_path / "scores.jsonl"
+    run_job(engine, manifest, images_root, out)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in out.read_text().splitlines()]
+    assert [(row["amount"], row["samples"]) for row in rows] == [
+        (None, [None, 2.0]),
+        (None, None),
+        (1.5, [None]),
+    ]
