@@ -905,7 +905,13 @@ class BatchJob:
         files = sorted(self.parts.glob("part-*.parquet")) if self.parts.is_dir() else []
         scores = []
         for file in files:
-            table = pq.read_table(file)
+            try:
+                table = pq.read_table(file)
+            except (OSError, pa.ArrowException) as error:  # cut short by a copy, a full disk
+                raise ManifestError(
+                    f"{file} cannot be read ({error}); delete it to score its rows again, or "
+                    "run without --resume"
+                ) from None
             if FINGERPRINT not in table.column_names:
                 raise ManifestError(
                     f"{file} was written by an older version of triage batch, whose results "

@@ -779,3 +779,14 @@ def test_jsonl_output_is_strict_json_when_a_column_holds_nan(engine, images_root
         (None, None),
         (1.5, [None]),
     ]
+
+
+def test_resume_refuses_an_unreadable_part_by_name(engine, images_root, tmp_path):
+    """A parts folder copied between machines can arrive cut short."""
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, images_root, out)
+    [part] = parts_dir(out).glob("part-*.parquet")
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(ManifestError, match=f"{part.name} cannot be read"):
+        run_job(engine, manifest, images_root, out, resume=True)
