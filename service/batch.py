@@ -2,16 +2,19 @@
 
 Manifest (CSV, JSONL or Parquet, by extension): one row per photo with `claim_id`, `photo` (a
 path under the images root), optional `listing_images` (paths separated by ';', or a list of
-paths in JSONL and Parquet), `reason`, `opened_at`, `status`, `escalated`, and any other
-columns, which are passed through unchanged (a CSV is read as text throughout, so an `order_ref`
-of "000038" stays "000038"). A known column of a type the job cannot read is a ManifestError.
+paths in JSONL and Parquet; paths are read without surrounding spaces), `reason`, `opened_at`,
+`status`, `escalated`, and any other columns, which are passed through unchanged (a CSV is read
+as text throughout, so an `order_ref` of "000038" stays "000038"). A known column of a type the
+job cannot read is a ManifestError.
 
 Output (Parquet by default, also when OUT has no extension; CSV or JSONL by extension): the input
 columns plus `damage`, `mismatch`, `match_similarity`, `quality_codes` (';'-separated, like
 `listing_images`), `model_version`, `error` (the photo itself could not be read or scored) and
 `listing_errors` (listing images of the row that could not be read, "path: problem; ..."), one
 row per manifest row in manifest order; a bad photo or listing image never stops the run. CSV
-writes nested pass-through values as JSON text, JSONL writes times as ISO 8601. Beside it,
+writes nested pass-through values as JSON text, JSONL writes times as ISO 8601, both write
+binary values as their UTF-8 text, or as hex where they are not text, and JSON (JSONL, and
+nested values in CSV) writes NaN and infinities as null. Beside it,
 `<out>.claims.<ext>` (`<out>.claims` when OUT has no extension), in the same format: one row per
 claim with the triage policy's support, sufficiency, lane, priority and reasons. A claim's photos
 are counted by content, as in the API: the same photo listed twice is one photo ("photo N" in a
@@ -20,16 +23,24 @@ reason is still the claim's Nth manifest row).
 Resuming: results are written as they are made, a chunk at a time, into parts under
 `<out>.parts/` (each part written to a temporary name and renamed, so a killed run leaves only
 whole parts). Each saved result carries the fingerprint of what it was scored from (the photo
-path and the listing image paths) and the model version. `--resume` reuses a saved result for
-every manifest row with the same fingerprint, scored by the same model, wherever the row is now,
-and scores the rest: re-sorting the manifest costs nothing, fixing a photo path rescores just
-that row, removed rows are ignored and added rows are scored. Duplicates across claims and the
-claim file depend on the whole manifest and its order, so they are never saved: they are worked
-out from all the rows when the output is assembled, and a resumed run writes what a fresh run of
-the same manifest would. (Rescoring the changed rows rather than refusing the resume keeps an
-analyst's hours of scoring when a manifest is corrected.) Rows that failed are tried again (a
-missing file may have been added since). The files under the images root are trusted not to
-change between the runs: a photo replaced under the same path keeps its earlier result.
+path and the listing image paths, and each of those files' size and modification time) and the
+model version. `--resume` reuses a saved result for every manifest row with the same fingerprint,
+scored by the same model, wherever the row is now, and scores the rest: re-sorting the manifest
+costs nothing, fixing a photo path rescores just that row, a photo or listing image replaced
+under the same path rescores the rows that use it, removed rows are ignored and added rows are
+scored. Duplicates across claims and the claim file depend on the whole manifest and its order,
+so they are never saved: they are worked out from all the rows when the output is assembled, and
+a resumed run writes what a fresh run of the same manifest would. (Rescoring the changed rows
+rather than refusing the resume keeps an analyst's hours of scoring when a manifest is
+corrected.) Rows that failed are tried again (a missing file may have been added since).
+
+The files are stamped by one stat each, on the driver (which must see the images root, as the
+workers must), before any is read, each distinct path once: about 50 us a file here, 5 s for
+100,000 photos, against some 20 ms to score one; reading every file to hash it would double the
+job's I/O. A file changed during the run is scored again by the next resume. What size and time
+cannot see: other bytes of the same size written with the old modification time put back (`touch
+-r`, some archive tools), or within one tick of a coarse clock. A copy of the images root made
+with the times kept (`cp -p`, `rsync -a`) resumes; one made without them is scored afresh.
 
 Duplicate detection across claims runs in manifest order with the API's duplicate index and
 look-up (`service.checks.find_duplicates`, each photo stored under its crop windows).
@@ -45,6 +56,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import uuid
 from collections import Counter, OrderedDict, deque
@@ -220,6 +232,10 @@ def read_manifest(path: Path) -> pa.Table:
             table = pq.read_table(path)
     except (OSError, pa.ArrowException) as error:
         raise ManifestError(f"{path.name} cannot be read as {kind}: {error}") from None
+    repeated = [name for name, count in Counter(table.column_names).items() if count > 1]
+    if repeated:
+        # Which of them a row means cannot be guessed, and the output could not hold both.
+        raise ManifestError(f"{path.name} names a column more than once: {', '.join(repeated)}")
     missing = [column for column in REQUIRED_COLUMNS if column not in table.column_names]
     if missing:
         raise ManifestError(f"{path.name} lacks the required column(s) {', '.join(missing)}")
@@ -261,21 +277,61 @@ def known_columns_typed(table: pa.Table, source: str) -> pa.Table:
 
 
 def json_value(value: object) -> str:
-    """What json.dumps cannot write itself: times as ISO 8601, anything else as its text."""
+    """What json.dumps cannot write itself: times as ISO 8601, bytes as binary_text, anything
+    else as its text."""
     if isinstance(value, datetime | date | time):
         return value.isoformat()
+    if isinstance(value, bytes):
+        return binary_text(value)
     return str(value)
 
 
-def nested_as_json_text(table: pa.Table) -> pa.Table:
-    """Nested columns (structs, lists, maps), which CSV cannot hold, as JSON text."""
+def json_safe(value: Any) -> Any:
+    """`value` with NaN and infinities as None: JSON has no word for them, and what Python
+    writes for them (NaN, Infinity) is refused by strict parsers (JSON.parse, Go, BigQuery)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def binary_text(value: bytes) -> str:
+    """Bytes as the text they hold (some Parquet writers leave text columns unannotated, and
+    they read as binary), or as hex where they hold none (a hash, say)."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.hex()
+
+
+def _is_binary(column_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(column_type)
+        or pa.types.is_large_binary(column_type)
+        or pa.types.is_fixed_size_binary(column_type)
+    )
+
+
+def as_csv_text(table: pa.Table) -> pa.Table:
+    """What CSV cannot hold as text: nested columns (structs, lists, maps) as JSON text, binary
+    ones as binary_text (the CSV writer refuses bytes that are not UTF-8)."""
     for index, column_field in enumerate(table.schema):
         if pa.types.is_nested(column_field.type):
             texts = [
-                None if value is None else json.dumps(value, default=json_value)
+                None if value is None else json.dumps(json_safe(value), default=json_value)
                 for value in table.column(index).to_pylist()
             ]
-            table = table.set_column(index, column_field.name, pa.array(texts, pa.string()))
+        elif _is_binary(column_field.type):
+            texts = [
+                None if value is None else binary_text(value)
+                for value in table.column(index).to_pylist()
+            ]
+        else:
+            continue
+        table = table.set_column(index, column_field.name, pa.array(texts, pa.string()))
     return table
 
 
@@ -284,15 +340,19 @@ def write_table(table: pa.Table, path: Path, kind: str | None = None) -> None:
     sees half a file."""
     kind = kind or output_format(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    if kind == "parquet":
-        pq.write_table(table, temporary)
-    elif kind == "csv":
-        pa_csv.write_csv(nested_as_json_text(table), temporary)
-    else:
-        with temporary.open("w", encoding="utf-8") as stream:
-            for record in table.to_pylist():
-                stream.write(json.dumps(record, default=json_value) + "\n")
-    os.replace(temporary, path)
+    try:
+        if kind == "parquet":
+            pq.write_table(table, temporary)
+        elif kind == "csv":
+            pa_csv.write_csv(as_csv_text(table), temporary)
+        else:
+            with temporary.open("w", encoding="utf-8") as stream:
+                for record in table.to_pylist():
+                    stream.write(json.dumps(json_safe(record), default=json_value) + "\n")
+        os.replace(temporary, path)
+    except BaseException:  # a full disk, a value the format cannot hold, Ctrl-C
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def claims_path(out: Path) -> Path:
@@ -307,18 +367,46 @@ def parts_dir(out: Path) -> Path:
 # --- scoring one row --------------------------------------------------------------------------
 
 
+# A file as the run found it, (size, mtime_ns): one stat, no read. None: nothing to stat (no
+# path, no such file, outside the images root), and such a row fails and is tried again anyway.
+FileStamp = tuple[int, int] | None
+
+
 @dataclass(frozen=True)
 class RowInput:
     """What a manifest row is scored from: nothing else of the row changes its scores."""
 
     photo: str
     listing_images: tuple[str, ...]
+    # The photo's stamp, then each listing image's, taken on the driver before any is read: a
+    # file replaced under the same path, before or during the run, gives another fingerprint.
+    stamps: tuple[FileStamp, ...] = ()
 
     @cached_property
     def fingerprint(self) -> str:
         """The key its results are saved under and found again by on resume."""
-        text = json.dumps([self.photo, list(self.listing_images)])
+        text = json.dumps([self.photo, list(self.listing_images), list(self.stamps)])
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def record(self) -> dict[str, Any]:
+        """As plain data for a Ray worker. The driver's stamps travel with it, so the results
+        come back under the fingerprints the driver looks them up by, whatever the worker sees."""
+        return {
+            "photo": self.photo,
+            "listing_images": list(self.listing_images),
+            "stamps": json.dumps(self.stamps),
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> RowInput:
+        return cls(
+            record["photo"],
+            listing_paths(record["listing_images"]),
+            tuple(
+                None if stamp is None else (stamp[0], stamp[1])
+                for stamp in json.loads(record["stamps"])
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -413,7 +501,12 @@ class RowScore:
 
 def resolve_under(root: Path, relative: str) -> Path:
     """`relative` inside `root`; a manifest may not point outside the images root."""
-    candidate = (root / relative).resolve()
+    try:
+        candidate = (root / relative).resolve()
+    except ValueError:  # the OS refuses the path before looking for the file
+        raise OSError(f"{relative!r} is not a usable path: it holds a NUL character") from None
+    except RuntimeError:  # pathlib's word for ELOOP
+        raise OSError(f"{relative} is a loop of symbolic links") from None
     if not candidate.is_relative_to(root):
         raise PermissionError(f"{relative} is outside the images root")
     return candidate
@@ -423,7 +516,7 @@ def read_failure(error: OSError) -> str:
     """Why a file under the images root could not be read, without its absolute path."""
     if error.strerror:
         return f"unreadable: {error.strerror}"
-    return str(error)  # resolve_under's refusal, which names the manifest's path
+    return str(error)  # resolve_under's refusals, which name the manifest's path
 
 
 def listing_paths(value: str | Sequence[str | None] | None) -> tuple[str, ...]:
@@ -432,15 +525,39 @@ def listing_paths(value: str | Sequence[str | None] | None) -> tuple[str, ...]:
     return tuple(path.strip() for path in paths if path and path.strip())
 
 
-def row_inputs(table: pa.Table) -> list[RowInput]:
+def file_stamp(images_root: Path, relative: str) -> FileStamp:
+    """`relative`'s size and modification time, what tells a replaced file from the one scored
+    before without reading it (the same test as make's and rsync's)."""
+    if not relative:
+        return None
+    try:
+        status = resolve_under(images_root, relative).stat()
+    except OSError:
+        return None
+    return status.st_size, status.st_mtime_ns
+
+
+def row_inputs(table: pa.Table, images_root: Path) -> list[RowInput]:
+    """Every row's inputs, its files stamped as they are now (each path once, however many rows
+    name it: a listing image is usually shared by many)."""
     photos = table["photo"].to_pylist()
     listings = (
         table[LISTING_IMAGES].to_pylist()
         if LISTING_IMAGES in table.column_names
         else [None] * table.num_rows
     )
+    stamps: dict[str, FileStamp] = {}
+
+    def stamped(photo: str, listing_images: tuple[str, ...]) -> RowInput:
+        for path in (photo, *listing_images):
+            if path not in stamps:
+                stamps[path] = file_stamp(images_root, path)
+        return RowInput(
+            photo, listing_images, tuple(stamps[path] for path in (photo, *listing_images))
+        )
+
     return [
-        RowInput(str(photo or ""), listing_paths(listing))
+        stamped(str(photo or "").strip(), listing_paths(listing))
         for photo, listing in zip(photos, listings, strict=True)
     ]
 
@@ -638,6 +755,8 @@ class BatchJob:
     ) -> None:
         self.table = read_manifest(manifest)
         self.out_format = output_format(out)  # refuse an unknown output format before any work
+        if out.is_dir():
+            raise ManifestError(f"the output {out} is a folder; name a file (scores.parquet)")
         if not images_root.is_dir():
             raise ManifestError(f"the images root {images_root} is not a folder")
         self.images_root = images_root.resolve()
@@ -653,11 +772,14 @@ class BatchJob:
         self.parts = parts_dir(out)
 
     def run(self) -> BatchSummary:
-        inputs = row_inputs(self.table)
+        inputs = row_inputs(self.table, self.images_root)
         saved_scores = self._read_parts() if self.resume else []
         if not self.resume:
             self._clear_parts()
-        self.parts.mkdir(parents=True, exist_ok=True)
+        try:
+            self.parts.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ManifestError(f"cannot keep the results beside {self.out}: {error}") from None
         # A row that failed is tried again: its file may have been put right since.
         saved = {
             score.fingerprint: score
@@ -734,9 +856,7 @@ class BatchJob:
         try:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False  # the CLI draws its own
-            records = [
-                {"photo": item.photo, "listing_images": list(item.listing_images)} for item in items
-            ]
+            records = [item.record() for item in items]
             scored = ray.data.from_items(records).map_batches(
                 RayRowScorer,
                 fn_constructor_kwargs={
@@ -785,7 +905,13 @@ class BatchJob:
         files = sorted(self.parts.glob("part-*.parquet")) if self.parts.is_dir() else []
         scores = []
         for file in files:
-            table = pq.read_table(file)
+            try:
+                table = pq.read_table(file)
+            except (OSError, pa.ArrowException) as error:  # cut short by a copy, a full disk
+                raise ManifestError(
+                    f"{file} cannot be read ({error}); delete it to score its rows again, or "
+                    "run without --resume"
+                ) from None
             if FINGERPRINT not in table.column_names:
                 raise ManifestError(
                     f"{file} was written by an older version of triage batch, whose results "
@@ -885,7 +1011,7 @@ class RayRowScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         scores = []
         for record in batch.to_pylist():
-            item = RowInput(record["photo"], listing_paths(record["listing_images"]))
+            item = RowInput.from_record(record)
             scores.append(self.scorer.score(item, self.scorer.decode(item)).to_json())
         return pa.table({"score": pa.array(scores, pa.string())})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -341,6 +342,16 @@ def test_a_fresh_run_ignores_old_parts(engine, images_root, tmp_path):
         ("m.txt", "claim_id,photo\n", "unknown table format"),
         ("m.parquet", "not parquet", "cannot be read"),
         ("m.csv", "claim_id,photo,damage\nA,a1.jpg,1\n", "already has output column"),
+        (
+            "m.csv",
+            "claim_id,photo,photo\nA,a1.jpg,a2.jpg\n",
+            "names a column more than once: photo",
+        ),
+        (
+            "m.csv",
+            "claim_id,photo,note,note\nA,a1.jpg,x,y\n",
+            "names a column more than once: note",
+        ),
     ],
 )
 def test_malformed_manifests_are_refused(engine, images_root, tmp_path, name, content, message):
@@ -588,3 +599,195 @@ def test_real_grocery_photos_flow_through(engine, shared_data: Path, tmp_path: P
     assert [row["error"] for row in scored] == [None] * len(photos)
     assert all(0 <= row["damage"] <= 1 and 0 <= row["mismatch"] <= 1 for row in scored)
     assert len(read_any(claims_path(out))) == len(photos)
+
+
+def copy_of(images_root: Path, folder: Path) -> Path:
+    """A private copy of the images, for a test that replaces some of them."""
+    folder.mkdir()
+    for image in images_root.iterdir():
+        (folder / image.name).write_bytes(image.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("replaced", "rescored"),
+    [
+        ("a2.jpg", {"a2.jpg"}),  # a photo
+        ("listing.jpg", {"a1.jpg", "a2.jpg", "b1.jpg", "listing.jpg"}),  # every row comparing it
+    ],
+)
+def test_resume_scores_again_a_file_replaced_under_the_same_path(
+    engine, images_root, tmp_path: Path, replaced: str, rescored: set[str]
+):
+    root = copy_of(images_root, tmp_path / "images")
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, root, out)
+    before = {row["photo"]: row for row in read_any(out)}
+    damaged = textured_image(seed=22)
+    damaged.paste((255, 0, 0), (0, 0, 160, 120))
+    (root / replaced).write_bytes(encode(damaged, "JPEG", quality=92))  # same path, new photo
+    job = run_job(engine, manifest, root, out, resume=True)
+    retried = failing(MANIFEST_ROWS)
+    assert (job.summary.scored_now, job.summary.resumed) == (
+        len(rescored) + retried,
+        len(MANIFEST_ROWS) - len(rescored) - retried,
+    )
+    after = {row["photo"]: row for row in read_any(out)}
+    fresh = tmp_path / "fresh.parquet"
+    run_job(engine, manifest, root, fresh)
+    assert rows_of(out) == rows_of(fresh)
+
+    def results(row: dict) -> tuple:
+        return row["damage"], row["match_similarity"]
+
+    assert {photo for photo, row in after.items() if results(row) != results(before[photo])} == (
+        rescored
+    )
+
+
+def test_resume_notices_a_changed_time_alone(engine, images_root, tmp_path: Path):
+    """A file edited in place keeps its size: its modification time tells it apart."""
+    root = copy_of(images_root, tmp_path / "images")
+    manifest = write_manifest(tmp_path / "m.csv", [{"claim_id": "T", "photo": "a2.jpg"}])
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, root, out)
+    photo = root / "a2.jpg"
+    status = photo.stat()
+    os.utime(photo, ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+    assert run_job(engine, manifest, root, out, resume=True).summary.resumed == 0
+    assert run_job(engine, manifest, root, out, resume=True).summary.resumed == 1
+
+
+def test_a_path_no_file_can_have_is_a_row_error(engine, images_root, tmp_path: Path):
+    rows = [
+        {"claim_id": "Z", "photo": "a1\u0000.jpg", "listing_images": ["listing.jpg"]},
+        {"claim_id": "Z", "photo": "a2.jpg", "listing_images": ["list\u0000ing.jpg"]},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "scores.parquet"
+    job = run_job(engine, manifest, images_root, out)
+    first, second = read_any(out)
+    assert first["error"] == "'a1\\x00.jpg' is not a usable path: it holds a NUL character"
+    assert second["error"] is None and second["damage"] is not None
+    assert second["listing_errors"].startswith("list\x00ing.jpg: 'list\\x00ing.jpg' is not a")
+    assert job.summary.errors == 1
+
+
+def test_a_symlink_loop_is_a_row_error(engine, images_root, tmp_path: Path):
+    root = copy_of(images_root, tmp_path / "images")
+    (root / "loop.jpg").symlink_to("loop.jpg")
+    rows = [{"claim_id": "Y", "photo": "loop.jpg", "listing_images": "loop.jpg;listing.jpg"}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, root, out)
+    [row] = read_any(out)
+    assert row["error"] == "loop.jpg is a loop of symbolic links"
+    assert row["listing_errors"] is None  # not scored, so not compared
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path: Path):
+    interval = pa.array([pa.MonthDayNano([1, 2, 3])], pa.month_day_nano_interval())
+    with pytest.raises(pa.ArrowException):
+        write_table(pa.table({"span": interval}), tmp_path / "o.csv")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unusable_output_path_is_refused_before_scoring(engine, images_root, tmp_path: Path):
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])
+    (tmp_path / "a-file").write_text("")
+    for out, message in [
+        (tmp_path, "is a folder"),
+        (tmp_path / "a-file" / "o.parquet", "cannot keep the results"),
+    ]:
+        with pytest.raises(ManifestError, match=message):
+            run_job(engine, manifest, images_root, out)
+    assert not (tmp_path.parent / f"{tmp_path.name}.parts").exists()
+
+
+@pytest.mark.parametrize("out_ext", [".csv", ".jsonl"])
+def test_binary_pass_through_columns_are_text_or_hex(engine, images_root, tmp_path, out_ext):
+    """Parquet writers that leave text unannotated give binary columns; hashes are bytes."""
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "claim_id": ["A", "A"],
+                "photo": ["a1.jpg", "a2.jpg"],
+                "ref": pa.array([b"order-7", None], pa.binary()),
+                "digest": pa.array([b"\x00\xff", b"\xfe"], pa.large_binary()),
+            }
+        ),
+        manifest,
+    )
+    out = tmp_path / f"scores{out_ext}"
+    run_job(engine, manifest, images_root, out)
+    got = [(row["ref"] or None, row["digest"]) for row in read_any(out)]
+    assert got == [("order-7", "00ff"), (None, "fe")]
+
+
+def test_photo_paths_are_trimmed_like_listing_paths(engine, images_root, tmp_path: Path, scored):
+    """Spreadsheets leave spaces around cells; a listing path was already read without them."""
+    rows = [{"claim_id": "S", "photo": " a1.jpg\t", "listing_images": " listing.jpg ; gone.jpg"}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, images_root, out)
+    [row] = read_any(out)
+    _, reference, _ = scored
+    assert row["photo"] == " a1.jpg\t"  # passed through as written
+    assert row["error"] is None
+    assert row["damage"] == pytest.approx(reference[0]["damage"])
+
+
+def test_resume_compares_a_listing_image_that_arrived_since(engine, images_root, tmp_path: Path):
+    """The row itself did not fail (its photo was scored), so only the stamps can tell."""
+    root = copy_of(images_root, tmp_path / "images")
+    rows = [{"claim_id": "V", "photo": "a2.jpg", "listing_images": "late.jpg", "reason": "damaged"}]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, root, out)
+    [row] = read_any(out)
+    assert row["mismatch"] is None and row["listing_errors"].startswith("late.jpg: unreadable")
+    (root / "late.jpg").write_bytes((root / "a2.jpg").read_bytes())
+    job = run_job(engine, manifest, root, out, resume=True)
+    [row] = read_any(out)
+    assert job.summary.scored_now == 1 and not job.summary.unusable_listing_images
+    assert row["listing_errors"] is None
+    assert row["match_similarity"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_jsonl_output_is_strict_json_when_a_column_holds_nan(engine, images_root, tmp_path):
+    """JSON has no NaN or Infinity: JSON.parse, Go and BigQuery refuse what Python writes."""
+    manifest = tmp_path / "m.parquet"
+    nan, inf = float("nan"), float("inf")
+    amounts = pa.array([nan, inf, 1.5])
+    samples = pa.array([[nan, 2.0], None, [-inf]], pa.list_(pa.float64()))
+    photos = ["a1.jpg", "a2.jpg", "a1.jpg"]
+    pq.write_table(
+        pa.table({"claim_id": ["A"] * 3, "photo": photos, "amount": amounts, "samples": samples}),
+        manifest,
+    )
+    out = tmp_path / "scores.jsonl"
+    run_job(engine, manifest, images_root, out)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in out.read_text().splitlines()]
+    assert [(row["amount"], row["samples"]) for row in rows] == [
+        (None, [None, 2.0]),
+        (None, None),
+        (1.5, [None]),
+    ]
+
+
+def test_resume_refuses_an_unreadable_part_by_name(engine, images_root, tmp_path):
+    """A parts folder copied between machines can arrive cut short."""
+    manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])
+    out = tmp_path / "scores.parquet"
+    run_job(engine, manifest, images_root, out)
+    [part] = parts_dir(out).glob("part-*.parquet")
+    part.write_bytes(part.read_bytes()[:100])
+    with pytest.raises(ManifestError, match=f"{part.name} cannot be read"):
+        run_job(engine, manifest, images_root, out, resume=True)
