@@ -225,12 +225,27 @@ def _thresholds(config: PolicyConfig) -> _Thresholds:
     return _Thresholds(**values)  # type: ignore[arg-type]  # checked not None above
 
 
+def _no_usable_photo(photos: Sequence[PhotoFacts]) -> str:
+    """Why none of `photos` is usable: quality blockers, or no score at all (a photo the batch
+    job could not read or score), so that a claim whose files are missing does not read as a
+    claim of bad photos."""
+    blocked = sum(any(severity == "blocker" for _, severity in p.issues) for p in photos)
+    unscored = sum(
+        p.damage is None and all(severity != "blocker" for _, severity in p.issues) for p in photos
+    )
+    if blocked == len(photos):
+        return f"no usable photo: all {blocked} blocked by quality"
+    if unscored == len(photos):
+        return f"no usable photo: all {unscored} could not be scored"
+    return f"no usable photo: {blocked} blocked by quality, {unscored} could not be scored"
+
+
 def _sufficiency(facts: ClaimFacts, config: PolicyConfig) -> tuple[Sufficiency, tuple[str, ...]]:
     usable = [photo for photo in facts.photos if photo.usable]
     if not facts.photos:
         return "insufficient", ("no photos yet",)
     if not usable:
-        return "insufficient", (f"no usable photo: all {len(facts.photos)} blocked by quality",)
+        return "insufficient", (_no_usable_photo(facts.photos),)
     needed = (
         config.missing_parts_min_photos
         if facts.reason == MISSING_PARTS

@@ -243,6 +243,26 @@ def test_the_reasons_say_why_a_damage_claim_is_not_fast_tracked_or_not_supported
     assert "no claim reason given: support not judged" in triage(claim("", photo(1))).reasons
 
 
+@pytest.mark.parametrize(
+    ("photos", "expected"),
+    [
+        ((photo(1, 0.9, None, DARK_BLOCKER),), "no usable photo: all 1 blocked by quality"),
+        ((photo(1, None), photo(2, None)), "no usable photo: all 2 could not be scored"),
+        (
+            (photo(1, None), photo(2, 0.4, None, DARK_BLOCKER)),
+            "no usable photo: 1 blocked by quality, 1 could not be scored",
+        ),
+        # A photo that could not be scored and has a blocker counts as blocked.
+        ((photo(1, None, None, DARK_BLOCKER),), "no usable photo: all 1 blocked by quality"),
+    ],
+)
+def test_an_insufficient_claim_says_why_no_photo_is_usable(photos, expected):
+    """Files the batch job could not read are no quality problem of the buyer's photos."""
+    result = triage(claim("damaged", *photos))
+    assert result.sufficiency == "insufficient"
+    assert expected in result.reasons
+
+
 def test_unknown_reason_is_refused():
     with pytest.raises(ValueError, match="unknown claim reason"):
         triage(claim("changed_my_mind", photo(1, 0.5)))
