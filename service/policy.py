@@ -290,12 +290,20 @@ def _support(facts: ClaimFacts, thresholds: _Thresholds, config: PolicyConfig) -
         if not compared:
             reasons = (NO_LISTING_IMAGES_REASON,) if usable else ()
             return _Support(None, reasons, thresholds.mismatch_high, thresholds.mismatch_low)
+        # The mean, not the highest: the photos of one claim show one received item, and the
+        # highest of several photos of the listed item reaches the fast-track threshold far more
+        # often than one photo does (docs/engine.md, "Wrong-item support", session 11).
+        mismatch = sum(photo.mismatch or 0.0 for photo in compared) / len(compared)
         best = max(compared, key=lambda photo: photo.mismatch or 0.0)
-        mismatch = best.mismatch or 0.0
         most_damaged = max(usable, key=lambda photo: photo.damage or 0.0)
         damage = most_damaged.damage or 0.0
         support = 1.0 - (1.0 - mismatch) * (1.0 - config.secondary_damage_weight * damage)
-        reasons = [f"mismatch {mismatch:.2f} on photo {best.index}"]
+        reasons = [
+            f"mismatch {mismatch:.2f} on photo {best.index}"
+            if len(compared) == 1
+            else f"mismatch {mismatch:.2f} over {len(compared)} photos "
+            f"(highest {best.mismatch or 0.0:.2f} on photo {best.index})"
+        ]
         if damage >= thresholds.damage_low and config.secondary_damage_weight > 0:
             reasons.append(f"damage {damage:.2f} on photo {most_damaged.index}")
         return _Support(support, tuple(reasons), thresholds.mismatch_high, thresholds.mismatch_low)

@@ -263,6 +263,23 @@ def test_an_insufficient_claim_says_why_no_photo_is_usable(photos, expected):
     assert expected in result.reasons
 
 
+def test_wrong_item_support_is_the_mean_mismatch_of_the_claims_photos():
+    """One photo the model takes for another item among photos of the listed item does not
+    carry a wrong-item claim to the fast track: the mean counts, not the highest."""
+    one_of_three = triage(
+        claim("wrong_item", photo(1, 0.0, 0.95), photo(2, 0.0, 0.1), photo(3, 0.0, 0.1))
+    )
+    assert one_of_three.support == pytest.approx(0.3833, abs=1e-4)
+    assert one_of_three.lane == "needs_review"
+    assert "mismatch 0.38 over 3 photos (highest 0.95 on photo 1)" in one_of_three.reasons
+    both = triage(claim("wrong_item", photo(1, 0.0, 0.9), photo(2, 0.0, 0.8)))
+    assert both.support == pytest.approx(0.85)
+    assert both.lane == "fast_track"
+    alone = triage(claim("wrong_item", photo(1, 0.0, 0.9), photo(2, 0.0, None)))
+    assert alone.support == pytest.approx(0.9)  # a photo without a listing to compare: left out
+    assert "mismatch 0.90 on photo 1" in alone.reasons
+
+
 def test_unknown_reason_is_refused():
     with pytest.raises(ValueError, match="unknown claim reason"):
         triage(claim("changed_my_mind", photo(1, 0.5)))
