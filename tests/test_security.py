@@ -2,7 +2,7 @@
 
 Control characters in text and ids (PostgreSQL refuses NUL in text, so they must be a 4xx before
 the database sees them), client filenames, hand-made page cursors and times that UTC cannot
-express.
+express, and the security headers.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 from api_server import ApiServer
 from conftest import encode, textured_image
 
+from service.api.security_headers import REVIEW_PAGE_POLICY
 from service.api.uploads import MAX_FILENAME_LENGTH, clean_filename
 
 PROBLEM = "application/problem+json"
@@ -312,3 +313,40 @@ def test_an_opened_at_that_utc_cannot_express_is_a_422(
             headers={"Idempotency-Key": uuid.uuid4().hex},
         )
     assert_client_error(response, 422, "validation_error")
+
+
+# --- security headers -----------------------------------------------------------------------
+
+
+def test_the_reviewer_page_cannot_be_framed_and_runs_only_its_own_code(
+    api_server: ApiServer,
+) -> None:
+    with api_server.client() as anyone:
+        for path in ("/review/", "/review/app.js"):
+            response = anyone.get(path)
+            assert response.status_code == 200
+            assert response.headers["content-security-policy"] == REVIEW_PAGE_POLICY
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+            assert response.headers["x-frame-options"] == "DENY"
+            assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_photos_heatmaps_and_errors_are_never_sniffed(api_server: ApiServer) -> None:
+    claim_id = new_claim(api_server, api_server.keys["buyer"])
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        uploaded = buyer.post(
+            f"/v1/claims/{claim_id}/evidence",
+            files=[("files", ("a.jpg", photo(seed=6), "image/jpeg"))],
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        assessment = uploaded.json()["data"][0]
+        answers = {
+            "image/jpeg": buyer.get(assessment["url"]),
+            "image/png": buyer.get(assessment["heatmap_url"]),
+            PROBLEM: buyer.get("/v1/claims/clm_nowhere"),
+            "application/json": buyer.get(f"/v1/claims/{claim_id}"),
+        }
+    for media_type, response in answers.items():
+        assert response.headers["content-type"].startswith(media_type)
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
