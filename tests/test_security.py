@@ -2,11 +2,12 @@
 
 Control characters in text and ids (PostgreSQL refuses NUL in text, so they must be a 4xx before
 the database sees them), client filenames, hand-made page cursors and times that UTC cannot
-express, and the security headers.
+express, the security headers, and the bounded label set of the request metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -18,6 +19,7 @@ import pytest
 from api_server import ApiServer
 from conftest import encode, textured_image
 
+from service.api.metrics import Metrics, MetricsMiddleware
 from service.api.security_headers import REVIEW_PAGE_POLICY
 from service.api.uploads import MAX_FILENAME_LENGTH, clean_filename
 
@@ -350,3 +352,32 @@ def test_photos_heatmaps_and_errors_are_never_sniffed(api_server: ApiServer) -> 
         assert response.headers["content-type"].startswith(media_type)
         assert response.headers["x-content-type-options"] == "nosniff"
         assert response.headers["x-frame-options"] == "DENY"
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def test_request_metrics_label_unknown_methods_as_other() -> None:
+    metrics = Metrics(model_version="m", read_queue_depths=dict)
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def ignore(message: Any) -> None:
+        return None
+
+    async def nothing() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    middleware = MetricsMiddleware(answer, metrics)
+    for method in ("GET", *(f"X{number}" for number in range(50))):
+        scope = {"type": "http", "method": method, "path": "/healthz"}
+        asyncio.run(middleware(scope, nothing, ignore))
+    methods = {
+        sample.labels["method"]
+        for family in metrics.registry.collect()
+        if family.name == "triage_http_request_duration_seconds"
+        for sample in family.samples
+    }
+    assert methods == {"GET", "other"}
