@@ -719,3 +719,64 @@ def test_the_api_docs_render_with_nothing_from_outside(
     finally:
         context.close()
     assert outside == []
+
+
+def test_the_page_keeps_to_its_content_security_policy(
+    browser: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The page is served with a policy that refuses inline styles and scripts and anything from
+    elsewhere: with a claim's photo and score meters on screen, nothing was refused and the
+    meters still have their widths. (A server of its own: one claim, the first in its queue.)"""
+    data_dir = tmp_path / "data"
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'triage.sqlite3'}",
+        model_dir=tiny_model_dir,
+        limits=TEST_LIMITS,
+    )
+    with run_api_server(settings) as alone:
+        admin, buyer, reviewer = (
+            alone.create_key(role, role.value) for role in (Role.admin, Role.buyer, Role.reviewer)
+        )
+        with alone.client(admin) as as_admin, alone.client(buyer) as as_buyer:
+            listing = _created(as_admin.post("/v1/listings", json={"title": "Mug"}))
+            claim = _created(
+                as_buyer.post(
+                    "/v1/claims",
+                    json={
+                        "listing_id": listing["listing_id"],
+                        "order_ref": "ORD-CSP",
+                        "reason": "damaged",
+                        "resolution": "replacement",
+                    },
+                    headers={"Idempotency-Key": "web-csp"},
+                )
+            )
+            _created(
+                as_buyer.post(
+                    f"/v1/claims/{claim['claim_id']}/evidence",
+                    files=[("files", ("p.jpg", encode(textured_image(seed=9)), "image/jpeg"))],
+                )
+            )
+        context = browser.new_context()
+        context.add_init_script(
+            "window.refused = [];"
+            "document.addEventListener('securitypolicyviolation',"
+            " (event) => window.refused.push(`${event.violatedDirective} ${event.blockedURI}`));"
+        )
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        try:
+            response = page.goto(f"{alone.base_url}/review/")
+            assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+            sign_in(page, reviewer)
+            page.locator("#queue-list .queue-item").first.click()
+            page.locator('#detail img.photo[src^="blob:"]').first.wait_for()
+            widths = page.locator("#detail .meter-fill").evaluate_all(
+                "fills => fills.map(fill => fill.style.width)"
+            )
+            refused = page.evaluate("window.refused")
+        finally:
+            context.close()
+    assert widths and all(width.endswith("%") for width in widths)
+    assert refused == []

@@ -23,6 +23,7 @@ from service.api.problems import install_problem_handlers
 from service.api.refresher import BackgroundRefresher
 from service.api.routes import claims, evidence, health, listings, model, photos, queue
 from service.api.runtime import Runtime
+from service.api.security_headers import SecurityHeadersMiddleware
 from service.config import Settings
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
@@ -92,4 +93,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyCapMiddleware, max_bytes=settings.limits.max_json_bytes)
     app.add_middleware(_LateMetrics, owner=app)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

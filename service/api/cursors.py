@@ -1,14 +1,24 @@
-"""Opaque page cursors: the keyset position of the last row, as URL-safe base64 JSON."""
+"""Opaque page cursors: the keyset position of the last row, as URL-safe base64 JSON.
+
+They are not signed: a cursor only says where a page starts, and the route applies the caller's
+scope (a buyer's own claims) whatever it says. A hand-made one is still checked, so that a value
+no database column can hold is a 400, not a failure in the query.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from service.api.problems import ProblemError
+
+# Positions hold a priority, an INTEGER column (32 bits on PostgreSQL).
+_INT32 = range(-(2**31), 2**31)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def encode_cursor(*values: Any) -> str:
@@ -20,6 +30,15 @@ def _bad_cursor() -> ProblemError:
     return ProblemError(
         400, "invalid_cursor", "Invalid cursor", "Pass back the next_cursor of a previous page."
     )
+
+
+def _plain(value: Any, kind: type) -> bool:
+    """Whether `value` is a `kind` (int or str) that a column of that kind can hold."""
+    if not isinstance(value, kind) or isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value in _INT32
+    return not (isinstance(value, str) and _CONTROL.search(value))
 
 
 def decode_cursor(cursor: str, *, shape: tuple[type, ...]) -> tuple[Any, ...]:
@@ -35,12 +54,13 @@ def decode_cursor(cursor: str, *, shape: tuple[type, ...]) -> tuple[Any, ...]:
         if kind is datetime:
             try:
                 parsed = datetime.fromisoformat(value)
-            except (TypeError, ValueError):
+                parsed.astimezone(UTC)  # stored in UTC: one it cannot express is no position
+            except (TypeError, ValueError, OverflowError):
                 raise _bad_cursor() from None
             if parsed.tzinfo is None:
                 raise _bad_cursor()
             values.append(parsed)
-        elif isinstance(value, kind) and not isinstance(value, bool):
+        elif _plain(value, kind):
             values.append(value)
         else:
             raise _bad_cursor()

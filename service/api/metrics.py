@@ -1,6 +1,8 @@
 """Prometheus metrics, on a registry per app (so several apps in one process never collide).
 
-Request latency is labelled by route template, not raw path, to keep the label set bounded.
+Request latency is labelled by route template, not raw path, and by method only among the
+standard ones (any other is `other`: h11 accepts any token as a method), to keep the label set
+bounded whatever clients send.
 Queue depth is read from the database at scrape time, so it is right on every replica without
 any bookkeeping in the request path.
 """
@@ -17,6 +19,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("service.api.metrics")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -87,6 +90,7 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_latency.labels(scope["method"], template, str(status)).observe(
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.request_latency.labels(method, template, str(status)).observe(
                 perf_counter() - started
             )

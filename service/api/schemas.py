@@ -3,11 +3,11 @@ XsPublic (a page: data, count, next_cursor)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 ClaimReason = Literal["damaged", "defective", "not_as_described", "wrong_item", "missing_parts"]
 Resolution = Literal["full_refund", "partial_refund", "replacement"]
@@ -20,6 +20,24 @@ Sufficiency = Literal["ok", "weak", "insufficient"]
 EXAMPLE_PHOTO_ID = "9f2c1e5b0a7d4c3e8b6f1a2d3c4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6a"
 
 _IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Text without control characters: none belongs in an id or a one-line field, and PostgreSQL
+# refuses NUL in text outright (a 500 instead of a 422). Free text may keep tabs and line breaks.
+ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+FREE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+
+
+def _utc_expressible(value: datetime) -> datetime:
+    """`value` unchanged if UTC can express it (it is stored in UTC); a time in year 1 east of
+    Greenwich or in year 9999 west of it cannot, and is invalid here rather than a failure when
+    it is written."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range") from None
+    return value
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc_expressible)]
 
 
 class ListingCreate(BaseModel):
@@ -35,8 +53,8 @@ class ListingCreate(BaseModel):
     listing_id: str | None = Field(
         default=None, pattern=_IDENTIFIER, description="Your own id; generated when absent."
     )
-    title: str = Field(min_length=1, max_length=300)
-    category: str | None = Field(default=None, max_length=100)
+    title: str = Field(min_length=1, max_length=300, pattern=ONE_LINE)
+    category: str | None = Field(default=None, max_length=100, pattern=ONE_LINE)
 
 
 class ListingImagePublic(BaseModel):
@@ -94,14 +112,14 @@ class ClaimCreate(BaseModel):
         },
     )
 
-    listing_id: str = Field(min_length=1, max_length=64)
-    order_ref: str = Field(min_length=1, max_length=100)
+    listing_id: str = Field(min_length=1, max_length=64, pattern=ONE_LINE)
+    order_ref: str = Field(min_length=1, max_length=100, pattern=ONE_LINE)
     reason: ClaimReason
     resolution: Resolution
-    description: str | None = Field(default=None, max_length=5000)
+    description: str | None = Field(default=None, max_length=5000, pattern=FREE_TEXT)
     amount: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=2)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
-    opened_at: AwareDatetime | None = Field(
+    opened_at: UtcDatetime | None = Field(
         default=None, description="When the buyer opened the dispute; default now."
     )
 
@@ -265,7 +283,7 @@ class ReviewCreate(BaseModel):
 
     decision: Decision
     amount: Decimal | None = Field(default=None, ge=0, max_digits=12, decimal_places=2)
-    notes: str | None = Field(default=None, max_length=5000)
+    notes: str | None = Field(default=None, max_length=5000, pattern=FREE_TEXT)
     labels: list[PhotoLabel] = Field(default_factory=list, max_length=100)
 
 

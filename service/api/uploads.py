@@ -11,6 +11,8 @@ one.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -22,6 +24,12 @@ from service.api.problems import ProblemError
 
 MAX_FIELD_BYTES = 1024
 MAX_FIELDS = 8
+MAX_FILENAME_LENGTH = 255
+# Form fields hold ids: no control character belongs in one (and PostgreSQL refuses NUL).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Dropped from filenames: control and format characters (bidi overrides make `gpj.exe` look
+# like `exe.jpg`) and line or paragraph separators.
+_UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp"}
 # Multipart framing per part (boundary, headers) is well under this.
 _PART_OVERHEAD = 2048
 
@@ -37,6 +45,22 @@ class UploadedFile:
 class MultipartBody:
     files: list[UploadedFile] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
+
+
+def clean_filename(raw: str) -> str | None:
+    """A client's filename as it is stored and shown: its last path component (some clients send
+    a whole path), without unprintable characters, at most MAX_FILENAME_LENGTH characters with
+    its extension kept; None if nothing is left."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(char for char in name if unicodedata.category(char) not in _UNPRINTABLE)
+    name = name.strip()
+    if len(name) > MAX_FILENAME_LENGTH:
+        stem, dot, extension = name.rpartition(".")
+        if dot and stem and len(extension) < 16:
+            name = stem[: MAX_FILENAME_LENGTH - len(extension) - 1] + dot + extension
+        else:
+            name = name[:MAX_FILENAME_LENGTH]
+    return name or None
 
 
 def _too_large(detail: str) -> ProblemError:
@@ -93,7 +117,9 @@ class _Collector:
             )
         self._name = options[b"name"].decode("utf-8", "replace")
         raw_filename = options.get(b"filename")
-        self._filename = raw_filename.decode("utf-8", "replace") if raw_filename else None
+        self._filename = (
+            clean_filename(raw_filename.decode("utf-8", "replace")) if raw_filename else None
+        )
         self._is_file = raw_filename is not None
         if self._is_file:
             if self._name != self.file_field:
@@ -126,7 +152,15 @@ class _Collector:
         if self._is_file:
             self.body.files.append(UploadedFile(self._name, self._filename, bytes(self._buffer)))
         else:
-            self.body.fields[self._name] = self._buffer.decode("utf-8", "replace")
+            value = self._buffer.decode("utf-8", "replace")
+            if _CONTROL.search(value):
+                raise ProblemError(
+                    422,
+                    "invalid_form_field",
+                    "Invalid form field",
+                    f"The form field {self._name!r} holds a control character.",
+                )
+            self.body.fields[self._name] = value
 
     def on_end(self) -> None:
         self.complete = True

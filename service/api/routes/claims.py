@@ -31,7 +31,7 @@ from service.db.session import transaction
 from service.policy import PolicyConfig
 
 router = APIRouter(prefix="/v1/claims", tags=["claims"])
-ClaimId = Annotated[str, Path(min_length=1, max_length=64)]
+ClaimId = Annotated[str, Path(min_length=1, max_length=64, pattern=schemas.ONE_LINE)]
 PROBLEMS = {code: {"model": schemas.Problem} for code in (400, 401, 403, 404, 409, 422)}
 # Opening a claim in the future, or a clock-skewed device a little ahead, must not be trusted.
 _OPENED_AT_SKEW = timedelta(minutes=5)

@@ -33,7 +33,7 @@ from service.intake import Photo, PhotoRejected, open_photo
 from service.quality import rejection_issue
 
 router = APIRouter(tags=["evidence"])
-ClaimId = Annotated[str, Path(min_length=1, max_length=64)]
+ClaimId = Annotated[str, Path(min_length=1, max_length=64, pattern=schemas.ONE_LINE)]
 PROBLEMS = {code: {"model": schemas.Problem} for code in (400, 401, 403, 404, 409, 413, 415, 422)}
 MULTIPART_FILE = {
     "requestBody": {

@@ -21,7 +21,7 @@ from service.db.session import transaction
 
 logger = logging.getLogger("service.api")
 router = APIRouter(prefix="/v1/listings", tags=["listings"])
-ListingId = Annotated[str, Path(min_length=1, max_length=64)]
+ListingId = Annotated[str, Path(min_length=1, max_length=64, pattern=schemas.ONE_LINE)]
 PROBLEMS = {code: {"model": schemas.Problem} for code in (401, 403, 404, 409, 413, 415, 422)}
 MULTIPART_FILES = {
     "requestBody": {

@@ -36,7 +36,7 @@ from service.store import PhotoCorrupted, PhotoNotFound, SealedFileCache
 
 router = APIRouter(prefix="/v1/photos", tags=["photos"])
 logger = logging.getLogger("service.api")
-PhotoId = Annotated[str, Path(min_length=1, max_length=64)]
+PhotoId = Annotated[str, Path(min_length=1, max_length=64, pattern=schemas.ONE_LINE)]
 PROBLEMS = {code: {"model": schemas.Problem} for code in (401, 403, 404)}
 IMAGE_RESPONSE = {"content": {"image/jpeg": {}}, "description": "JPEG display copy"}
 NOT_MODIFIED_RESPONSE = {"description": "Not modified: If-None-Match names the current ETag"}
