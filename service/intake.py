@@ -28,6 +28,7 @@ import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
 from service.framing import Framed, framed
+from service.memory_budget import MemoryBudget
 
 pillow_heif.register_heif_opener()
 
@@ -36,6 +37,14 @@ pillow_heif.register_heif_opener()
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF")
+# Peak bytes a decode holds per decoded pixel: the decoder's RGBA buffer, and the RGBA copy and
+# white background that transparency is flattened with (a 64 MP RGBA PNG peaked at 832 MB of
+# process memory, 13 bytes a pixel; session 11). An estimate for the budget below, on the safe side
+# for RGB, whose decodes hold less.
+DECODE_PEAK_BYTES_PER_PIXEL = 12
+# What the decodes in flight may hold together (service.memory_budget): one 64 MP decode at a time
+# beside any number of phone photos decoded at reduced size (a 12 MP JPEG's 1000x750 draft: 9 MB).
+DECODE_MEMORY = MemoryBudget(1 << 30)
 _EXIF_GPS_IFD = 0x8825
 _EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the transpose that shows the photo upright (as ImageOps.exif_transpose).
@@ -259,19 +268,26 @@ def _decode(data: bytes, limits: IntakeLimits, target_side: int | None) -> Photo
         # on the long side; this is where a 12 MP photo stops costing a full decode.
         scale = target_side / max(width, height)
         image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
-    try:
-        image.load()
-    except Exception as error:
-        raise _reject_corrupt(f"the image data is incomplete or damaged ({error})") from None
-    # EXIF is read only after the checked load: for PNG, getexif() decodes the whole image to
-    # find an eXIf chunk after the pixels, and a decoding error there must not be swallowed.
-    orientation, has_gps = _read_orientation_and_gps(image)
+    # The size after the draft: what is decoded, not what the header announces.
+    decoded_pixels = image.size[0] * image.size[1]
+    with DECODE_MEMORY.hold(decoded_pixels * DECODE_PEAK_BYTES_PER_PIXEL):
+        try:
+            image.load()
+        except Exception as error:
+            raise _reject_corrupt(f"the image data is incomplete or damaged ({error})") from None
+        # EXIF is read only after the checked load: for PNG, getexif() decodes the whole image
+        # to find an eXIf chunk after the pixels, and a decoding error there must not be
+        # swallowed.
+        orientation, has_gps = _read_orientation_and_gps(image)
+        decoded = _to_rgb(image)
+        del image  # the decoder's buffer, before the copies below are made
+        if orientation != 1:
+            decoded = decoded.transpose(_ORIENTATION_TRANSPOSE[orientation])
+        if target_side is not None and max(decoded.size) > target_side:
+            decoded.thumbnail(
+                (target_side, target_side), Image.Resampling.BILINEAR, reducing_gap=2.0
+            )
     original_size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-    decoded = _to_rgb(image)
-    if orientation != 1:
-        decoded = decoded.transpose(_ORIENTATION_TRANSPOSE[orientation])
-    if target_side is not None and max(decoded.size) > target_side:
-        decoded.thumbnail((target_side, target_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return Photo(
         photo_id=sha256_hex(data),
         format=image_format,
