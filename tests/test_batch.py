@@ -538,6 +538,27 @@ def test_cli_batch(engine, images_root: Path, tmp_path: Path, monkeypatch: pytes
     assert bad.exit_code == 2
 
 
+@pytest.mark.parametrize(
+    ("address", "said"),
+    [("ray://10.0.0.9:10001", "joining the cluster at ray://10.0.0.9:10001"), (None, "local Ray")],
+)
+def test_cli_batch_says_which_ray_it_waits_for(
+    engine, images_root, tmp_path, monkeypatch, address, said
+):
+    """Joining an unreachable cluster waits minutes inside ray.init: the command says first
+    what it is joining. (A missing manifest stops it before Ray starts.)"""
+    pytest.importorskip("ray", reason="needs the ray extra")
+    monkeypatch.setenv("TRIAGE_MODEL_DIR", str(engine.model_dir))
+    if address is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", address)
+    args = ["batch", str(tmp_path / "none.csv"), "--images-root", str(images_root)]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o.csv"), "--engine", "ray"])
+    assert result.exit_code == 2
+    assert said in " ".join(result.output.split())
+
+
 def test_cli_batch_refuses_an_unknown_output_extension(engine, images_root, tmp_path, monkeypatch):
     monkeypatch.setenv("TRIAGE_MODEL_DIR", str(engine.model_dir))
     manifest = write_manifest(tmp_path / "m.csv", MANIFEST_ROWS[:1])

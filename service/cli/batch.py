@@ -9,6 +9,7 @@ scored so far are kept for `--resume`.
 
 from __future__ import annotations
 
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -81,6 +82,15 @@ def batch(
         except ImportError:
             console.print("[red]--engine ray needs the ray extra:[/red] pip install '.[ray]'")
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        # Said before Ray starts: joining a cluster that cannot be reached waits minutes in
+        # silence inside ray.init, and this names what it is waiting for.
+        address = os.environ.get("RAY_ADDRESS")
+        console.print(
+            f"Ray: joining the cluster at {address} (RAY_ADDRESS)"
+            if address
+            else "Ray: starting a local Ray on this machine (a few seconds)",
+            markup=False,
+        )
     try:
         scoring = ScoringEngine.load(model_dir or DEFAULT_MODEL_DIR)
         with Progress(
