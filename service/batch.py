@@ -9,9 +9,10 @@ job cannot read is a ManifestError.
 
 Output (Parquet by default, also when OUT has no extension; CSV or JSONL by extension): the input
 columns plus `damage`, `mismatch`, `match_similarity`, `quality_codes` (';'-separated, like
-`listing_images`), `model_version`, `error` (the photo itself could not be read or scored) and
-`listing_errors` (listing images of the row that could not be read, "path: problem; ..."), one
-row per manifest row in manifest order; a bad photo or listing image never stops the run. CSV
+`listing_images`), `quality_blockers` (those of them that are blockers), `model_version`,
+`error` (the photo itself could not be read or scored) and `listing_errors` (listing images of
+the row that could not be read, "path: problem; ..."), one row per manifest row in manifest
+order; a bad photo or listing image never stops the run. CSV
 writes nested pass-through values as JSON text, JSONL writes times as ISO 8601, both write
 binary values as their UTF-8 text, or as hex where they are not text, and JSON (JSONL, and
 nested values in CSV) writes NaN and infinities as null. Beside it,
@@ -106,6 +107,10 @@ OUTPUT_SCHEMA = pa.schema(
         ("mismatch", pa.float64()),
         ("match_similarity", pa.float64()),
         ("quality_codes", pa.string()),
+        # The codes among quality_codes that are blockers: the photo is left out of the claim's
+        # support for them (a code such as overexposed is a blocker on one photo, a warning on
+        # another).
+        ("quality_blockers", pa.string()),
         ("model_version", pa.string()),
         ("error", pa.string()),
         ("listing_errors", pa.string()),
@@ -492,6 +497,9 @@ class RowScore:
         return {
             **self.fields,
             "quality_codes": ";".join(code for code, _ in self.issues),
+            "quality_blockers": ";".join(
+                code for code, severity in self.issues if severity == "blocker"
+            ),
             "listing_errors": "; ".join(
                 f"{path}: {problem}" for path, problem in self.unusable_listing_images
             )

@@ -147,6 +147,17 @@ def test_scores_are_the_models(scored, engine: ScoringEngine, images_root: Path)
     assert "listing_photo_reuse" in by_photo["listing.jpg"]["quality_codes"].split(";")
 
 
+def test_quality_blockers_are_the_codes_that_keep_a_photo_out(scored):
+    _, rows, _ = scored
+    for row in rows:
+        codes = (row["quality_codes"] or "").split(";")
+        blockers = [code for code in (row["quality_blockers"] or "").split(";") if code]
+        assert set(blockers) <= set(codes), row["photo"]
+    by_photo = {row["photo"]: row for row in rows}
+    assert "listing_photo_reuse" in by_photo["listing.jpg"]["quality_blockers"].split(";")
+    assert not by_photo["a2.jpg"]["quality_blockers"]
+
+
 def test_duplicates_across_claims_are_found_in_manifest_order(scored):
     _, rows, claims = scored
     by_photo = {row["photo"]: row for row in rows}
