@@ -393,6 +393,38 @@ def test_evidence_arriving_at_the_moment_of_a_decision_never_reopens_the_decided
         assert actions[-1] == "review_recorded", actions
 
 
+def test_a_claim_awaiting_evidence_cannot_be_escalated_past_the_reviewers_request(
+    api_server: ApiServer,
+) -> None:
+    """A reviewer asked for more evidence: escalating again put the claim back among escalated
+    claims with no new photo, ending the request unanswered and overwriting the time of the
+    first escalation. The buyer is told to upload photos instead; an upload ends the wait."""
+    listing_id = new_listing(api_server)
+    claim_id = new_claim(api_server, listing_id)
+    reviewer_key, buyer_key = api_server.keys["reviewer"], api_server.keys["buyer"]
+    with api_server.client(reviewer_key) as reviewer, api_server.client(buyer_key) as buyer:
+        first = buyer.post(f"/v1/claims/{claim_id}/escalate").json()
+        asked = reviewer.post(
+            f"/v1/claims/{claim_id}/reviews", json={"decision": "request_more_evidence"}
+        )
+        assert asked.json()["claim_status"] == "awaiting_evidence", asked.text
+
+        refused = assert_problem(
+            buyer.post(f"/v1/claims/{claim_id}/escalate"), 409, "evidence_requested"
+        )
+        assert "upload" in refused["detail"].lower()
+        claim = buyer.get(f"/v1/claims/{claim_id}").json()
+        assert claim["status"] == "awaiting_evidence"
+        assert claim["escalated_at"] == first["escalated_at"]
+
+        uploaded = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(plain_jpeg(7)))
+        assert uploaded.status_code == 201, uploaded.text
+        claim = buyer.get(f"/v1/claims/{claim_id}").json()
+        assert (claim["status"], claim["escalated_at"]) == ("escalated", first["escalated_at"])
+        actions = [e["action"] for e in reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]]
+        assert actions.count("claim_escalated") == 1, actions
+
+
 def test_same_idempotency_key_with_another_body_is_a_conflict(api_server: ApiServer) -> None:
     listing_id = new_listing(api_server)
     with api_server.client(api_server.keys["buyer"]) as buyer:

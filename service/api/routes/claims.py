@@ -57,6 +57,18 @@ def claim_resolved(claim: Claim, consequence: str) -> ProblemError:
     )
 
 
+def evidence_requested(claim: Claim) -> ProblemError:
+    """The 409 for escalating a claim a reviewer asked more evidence for: escalating would end
+    the request unanswered (only new evidence does, service/api/routes/evidence.py)."""
+    return ProblemError(
+        409,
+        "evidence_requested",
+        "More evidence requested",
+        f"A reviewer asked for more evidence on claim {claim.claim_id}; upload new photos to "
+        "send it back for review.",
+    )
+
+
 def load_claim(session: Session, claim_id: str, key: ApiKey) -> Claim:
     """The claim if this key may see it. A buyer asking for someone else's claim gets the same
     404 as for a claim that does not exist, so claim ids cannot be probed."""
@@ -127,15 +139,23 @@ def open_claim(
 def escalate(
     session: Session, claim: Claim, *, key: ApiKey, policy: PolicyConfig, now: datetime
 ) -> None:
-    """Move the claim to `escalated` (idempotent) and record it (also used by `triage demo`)."""
+    """Move the claim to `escalated` (idempotent) and record it (also used by `triage demo`).
+
+    Not while a reviewer's request for more evidence is open (`awaiting_evidence`): new evidence
+    answers it, and the claim goes back to `escalated` then (its first escalation time kept)."""
     if claim.status == "resolved":
         raise claim_resolved(claim, "it cannot be escalated")
     if claim.status == "escalated":
         return
+    if claim.status == "awaiting_evidence":
+        raise evidence_requested(claim)
     if not crud.hold_unresolved_claim(session, claim_id=claim.claim_id, now=now):
         # A decision landed since the claim was read: `escalated` must not overwrite it.
         session.refresh(claim)
         raise claim_resolved(claim, "it cannot be escalated")
+    session.refresh(claim)  # read again with the row held: a request for evidence may have landed
+    if claim.status == "awaiting_evidence":
+        raise evidence_requested(claim)
     previous = claim.status
     claim.status = "escalated"
     claim.escalated_at = now
