@@ -417,12 +417,33 @@ def test_a_claim_awaiting_evidence_cannot_be_escalated_past_the_reviewers_reques
         assert claim["status"] == "awaiting_evidence"
         assert claim["escalated_at"] == first["escalated_at"]
 
-        uploaded = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(plain_jpeg(7)))
+        uploaded = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(plain_jpeg(301)))
         assert uploaded.status_code == 201, uploaded.text
         claim = buyer.get(f"/v1/claims/{claim_id}").json()
         assert (claim["status"], claim["escalated_at"]) == ("escalated", first["escalated_at"])
         actions = [e["action"] for e in reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]]
         assert actions.count("claim_escalated") == 1, actions
+
+
+def test_a_retried_upload_changes_nothing_and_records_nothing(api_server: ApiServer) -> None:
+    """A buyer's app retries an upload whose response it lost: the photos are already evidence,
+    so the claim and its audit trail stay as they were (an empty `evidence_added` entry was
+    written and `updated_at` moved on every retry)."""
+    listing_id = new_listing(api_server)
+    claim_id = new_claim(api_server, listing_id)
+    photos = files(plain_jpeg(311), red_patch_jpeg(312))
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        first = buyer.post(f"/v1/claims/{claim_id}/evidence", files=photos)
+        assert first.status_code == 201, first.text
+        before = buyer.get(f"/v1/claims/{claim_id}").json()
+        retried = buyer.post(f"/v1/claims/{claim_id}/evidence", files=photos)
+        assert retried.status_code == 201, retried.text
+        assert retried.json()["data"] == first.json()["data"]
+        assert retried.json()["triage"] == first.json()["triage"]
+        assert buyer.get(f"/v1/claims/{claim_id}").json() == before
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        audit = reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]
+    assert [event["action"] for event in audit] == ["claim_created", "evidence_added"]
 
 
 def test_same_idempotency_key_with_another_body_is_a_conflict(api_server: ApiServer) -> None:

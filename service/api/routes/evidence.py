@@ -78,6 +78,8 @@ def store_evidence(
     for item in accepted:  # the same photo twice (in this request or before) is kept once
         if item.photo.photo_id not in already:
             fresh.setdefault(item.photo.photo_id, item)
+    if not fresh:  # a retried upload: every photo is evidence already, nothing changes
+        return _stored_evidence(runtime, key, claim_id, {item.photo.photo_id for item in accepted})
     listing_photos = _listing_photos(runtime, listing_id)
     runtime.sync_duplicate_index()
     own_refs = frozenset(evidence_ref(claim_id, photo_id) for photo_id in already | fresh.keys())
@@ -114,6 +116,18 @@ def store_evidence(
     finally:
         runtime.settle_pending_evidence(upload_id, assessments, refs, recorded=recorded)
     data = [views.assessment_public(row) for row in rows if row.photo_id in uploaded]
+    return schemas.EvidencePublic(claim_id=claim_id, data=data, count=len(data), triage=triage)
+
+
+def _stored_evidence(
+    runtime: Runtime, key: ApiKey, claim_id: str, photo_ids: set[str]
+) -> schemas.EvidencePublic:
+    """The upload response for photos already stored as the claim's evidence, as they are."""
+    with runtime.sessions() as session:
+        claim = load_claim(session, claim_id, key)
+        rows = crud.claim_photos(session, claim_id=claim_id)
+        triage = views.triage_public(claim, runtime.policy, viewer=key.role)
+    data = [views.assessment_public(row) for row in rows if row.photo_id in photo_ids]
     return schemas.EvidencePublic(claim_id=claim_id, data=data, count=len(data), triage=triage)
 
 
