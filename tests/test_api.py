@@ -885,6 +885,23 @@ def test_evidence_check_gives_findings_without_storing(api_server: ApiServer) ->
     assert stored_files(api_server) == before
 
 
+@pytest.mark.parametrize("copies", [1, 3], ids=["over the cap", "over any upload"])
+def test_evidence_check_of_a_photo_over_the_byte_cap_says_how_to_retake_it(
+    api_server: ApiServer, copies: int
+) -> None:
+    """Refused by the streaming cap before intake saw it, an oversized photo got a problem
+    without the `issues` every other refused photo carries (no retake tip), and a detail
+    reading "at most 1 photos"."""
+    too_big = b"\xff\xd8\xff" + b"\x00" * (copies * TEST_LIMITS.max_upload_bytes + 10)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        refused = buyer.post("/v1/evidence/check", files=files(too_big, field="file"))
+    body = assert_problem(refused, 413, "upload_too_large")
+    assert "1 photos" not in body["detail"]
+    [issue] = body["issues"]
+    assert (issue["code"], issue["severity"]) == ("file_too_large", "blocker")
+    assert "MB" in issue["message"] and issue["tip"]
+
+
 # --- queue ----------------------------------------------------------------------------------
 
 
