@@ -457,6 +457,28 @@ def test_same_idempotency_key_with_another_body_is_a_conflict(api_server: ApiSer
         assert_problem(other, 409, "idempotency_key_reused")
 
 
+def test_a_retry_writing_the_same_amount_differently_is_the_same_claim(
+    api_server: ApiServer,
+) -> None:
+    """ "20.00", "20.0", "20" and the JSON number 20.0 are one amount (a JavaScript client
+    sends 20.00 as 20): a retry with any of them was refused as idempotency_key_reused."""
+    listing_id = new_listing(api_server)
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        first = buyer.post("/v1/claims", json=claim_body(listing_id), headers=headers)
+        assert first.status_code == 201, first.text
+        for amount in ("20.0", "20", 20.0, 20):
+            again = buyer.post(
+                "/v1/claims", json=claim_body(listing_id, amount=amount), headers=headers
+            )
+            assert again.status_code == 201, (amount, again.text)
+            assert again.json()["claim_id"] == first.json()["claim_id"]
+        other = buyer.post(
+            "/v1/claims", json=claim_body(listing_id, amount="20.01"), headers=headers
+        )
+        assert_problem(other, 409, "idempotency_key_reused")
+
+
 def test_idempotency_keys_are_per_buyer(api_server: ApiServer) -> None:
     listing_id = new_listing(api_server)
     headers = {"Idempotency-Key": f"shared-{uuid.uuid4().hex}"}

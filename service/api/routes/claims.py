@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -37,6 +38,7 @@ PROBLEMS = {code: {"model": schemas.Problem} for code in (400, 401, 403, 404, 40
 _OPENED_AT_SKEW = timedelta(minutes=5)
 # The decisions that pay the buyer money, and so may carry an amount.
 REFUND_DECISIONS = frozenset({"uphold_full_refund", "uphold_partial_refund"})
+_CENT = Decimal("0.01")
 
 
 def actor(key: ApiKey) -> crud.Actor:
@@ -79,7 +81,12 @@ def load_claim(session: Session, claim_id: str, key: ApiKey) -> Claim:
 
 
 def _fingerprint(body: schemas.ClaimCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    fields = body.model_dump(mode="json")
+    if body.amount is not None:
+        # One amount however it is written ("20", "20.0", 20.0, "20.00"): a retry from another
+        # serialiser is the same request. The schema allows at most two decimals.
+        fields["amount"] = str(body.amount.quantize(_CENT))
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
