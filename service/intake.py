@@ -188,15 +188,24 @@ def _reject_corrupt(detail: str) -> PhotoRejected:
     )
 
 
+def file_too_large(limits: IntakeLimits, size: int | None = None) -> PhotoRejected:
+    """The refusal of a file over the byte cap; `size` when it is known (an upload stopped
+    while it streamed is only known to be larger)."""
+    limit = f"{limits.max_bytes / 1e6:.0f} MB"
+    return PhotoRejected(
+        "file_too_large",
+        f"This file is {size / 1e6:.1f} MB; the limit is {limit}."
+        if size is not None
+        else f"This file is larger than the {limit} limit.",
+        "Upload the photo at your camera's normal size, or share it as a smaller copy.",
+    )
+
+
 def _check_bytes(data: bytes, limits: IntakeLimits) -> str:
     if not data:
         raise _reject_corrupt("the file is empty")
     if len(data) > limits.max_bytes:
-        raise PhotoRejected(
-            "file_too_large",
-            f"This file is {len(data) / 1e6:.1f} MB; the limit is {limits.max_bytes / 1e6:.0f} MB.",
-            "Upload the photo at your camera's normal size, or share it as a smaller copy.",
-        )
+        raise file_too_large(limits, len(data))
     image_format = sniff_format(data[:32])
     if image_format is None:
         raise _reject_unsupported(data[:32])

@@ -393,6 +393,59 @@ def test_evidence_arriving_at_the_moment_of_a_decision_never_reopens_the_decided
         assert actions[-1] == "review_recorded", actions
 
 
+def test_a_claim_awaiting_evidence_cannot_be_escalated_past_the_reviewers_request(
+    api_server: ApiServer,
+) -> None:
+    """A reviewer asked for more evidence: escalating again put the claim back among escalated
+    claims with no new photo, ending the request unanswered and overwriting the time of the
+    first escalation. The buyer is told to upload photos instead; an upload ends the wait."""
+    listing_id = new_listing(api_server)
+    claim_id = new_claim(api_server, listing_id)
+    reviewer_key, buyer_key = api_server.keys["reviewer"], api_server.keys["buyer"]
+    with api_server.client(reviewer_key) as reviewer, api_server.client(buyer_key) as buyer:
+        first = buyer.post(f"/v1/claims/{claim_id}/escalate").json()
+        asked = reviewer.post(
+            f"/v1/claims/{claim_id}/reviews", json={"decision": "request_more_evidence"}
+        )
+        assert asked.json()["claim_status"] == "awaiting_evidence", asked.text
+
+        refused = assert_problem(
+            buyer.post(f"/v1/claims/{claim_id}/escalate"), 409, "evidence_requested"
+        )
+        assert "upload" in refused["detail"].lower()
+        claim = buyer.get(f"/v1/claims/{claim_id}").json()
+        assert claim["status"] == "awaiting_evidence"
+        assert claim["escalated_at"] == first["escalated_at"]
+
+        uploaded = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(plain_jpeg(301)))
+        assert uploaded.status_code == 201, uploaded.text
+        claim = buyer.get(f"/v1/claims/{claim_id}").json()
+        assert (claim["status"], claim["escalated_at"]) == ("escalated", first["escalated_at"])
+        actions = [e["action"] for e in reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]]
+        assert actions.count("claim_escalated") == 1, actions
+
+
+def test_a_retried_upload_changes_nothing_and_records_nothing(api_server: ApiServer) -> None:
+    """A buyer's app retries an upload whose response it lost: the photos are already evidence,
+    so the claim and its audit trail stay as they were (an empty `evidence_added` entry was
+    written and `updated_at` moved on every retry)."""
+    listing_id = new_listing(api_server)
+    claim_id = new_claim(api_server, listing_id)
+    photos = files(plain_jpeg(311), red_patch_jpeg(312))
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        first = buyer.post(f"/v1/claims/{claim_id}/evidence", files=photos)
+        assert first.status_code == 201, first.text
+        before = buyer.get(f"/v1/claims/{claim_id}").json()
+        retried = buyer.post(f"/v1/claims/{claim_id}/evidence", files=photos)
+        assert retried.status_code == 201, retried.text
+        assert retried.json()["data"] == first.json()["data"]
+        assert retried.json()["triage"] == first.json()["triage"]
+        assert buyer.get(f"/v1/claims/{claim_id}").json() == before
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        audit = reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]
+    assert [event["action"] for event in audit] == ["claim_created", "evidence_added"]
+
+
 def test_same_idempotency_key_with_another_body_is_a_conflict(api_server: ApiServer) -> None:
     listing_id = new_listing(api_server)
     with api_server.client(api_server.keys["buyer"]) as buyer:
@@ -400,6 +453,28 @@ def test_same_idempotency_key_with_another_body_is_a_conflict(api_server: ApiSer
         assert buyer.post("/v1/claims", json=claim_body(listing_id), headers=headers).is_success
         other = buyer.post(
             "/v1/claims", json=claim_body(listing_id, order_ref="ORD-2"), headers=headers
+        )
+        assert_problem(other, 409, "idempotency_key_reused")
+
+
+def test_a_retry_writing_the_same_amount_differently_is_the_same_claim(
+    api_server: ApiServer,
+) -> None:
+    """ "20.00", "20.0", "20" and the JSON number 20.0 are one amount (a JavaScript client
+    sends 20.00 as 20): a retry with any of them was refused as idempotency_key_reused."""
+    listing_id = new_listing(api_server)
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        first = buyer.post("/v1/claims", json=claim_body(listing_id), headers=headers)
+        assert first.status_code == 201, first.text
+        for amount in ("20.0", "20", 20.0, 20):
+            again = buyer.post(
+                "/v1/claims", json=claim_body(listing_id, amount=amount), headers=headers
+            )
+            assert again.status_code == 201, (amount, again.text)
+            assert again.json()["claim_id"] == first.json()["claim_id"]
+        other = buyer.post(
+            "/v1/claims", json=claim_body(listing_id, amount="20.01"), headers=headers
         )
         assert_problem(other, 409, "idempotency_key_reused")
 
@@ -830,6 +905,23 @@ def test_evidence_check_gives_findings_without_storing(api_server: ApiServer) ->
         )
         assert_problem(two, 413, "too_many_files")
     assert stored_files(api_server) == before
+
+
+@pytest.mark.parametrize("copies", [1, 3], ids=["over the cap", "over any upload"])
+def test_evidence_check_of_a_photo_over_the_byte_cap_says_how_to_retake_it(
+    api_server: ApiServer, copies: int
+) -> None:
+    """Refused by the streaming cap before intake saw it, an oversized photo got a problem
+    without the `issues` every other refused photo carries (no retake tip), and a detail
+    reading "at most 1 photos"."""
+    too_big = b"\xff\xd8\xff" + b"\x00" * (copies * TEST_LIMITS.max_upload_bytes + 10)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        refused = buyer.post("/v1/evidence/check", files=files(too_big, field="file"))
+    body = assert_problem(refused, 413, "upload_too_large")
+    assert "1 photos" not in body["detail"]
+    [issue] = body["issues"]
+    assert (issue["code"], issue["severity"]) == ("file_too_large", "blocker")
+    assert "MB" in issue["message"] and issue["tip"]
 
 
 # --- queue ----------------------------------------------------------------------------------

@@ -63,8 +63,16 @@ def clean_filename(raw: str) -> str | None:
     return name or None
 
 
-def _too_large(detail: str) -> ProblemError:
-    return ProblemError(413, "upload_too_large", "Upload too large", detail)
+class PhotoTooLarge(ProblemError):
+    """A 413 for a file over the byte cap (or a body no upload within the caps could be), raised
+    before intake sees the photo, so a route can add the buyer's finding for it."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(413, "upload_too_large", "Upload too large", detail)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
 
 
 def _too_many(max_files: int) -> ProblemError:
@@ -72,7 +80,7 @@ def _too_many(max_files: int) -> ProblemError:
         413,
         "too_many_files",
         "Too many files",
-        f"At most {max_files} file{'s' if max_files != 1 else ''} may be uploaded per request.",
+        f"At most {_plural(max_files, 'file')} may be uploaded per request.",
     )
 
 
@@ -142,11 +150,16 @@ class _Collector:
         limit = self.max_file_bytes if self._is_file else MAX_FIELD_BYTES
         if len(self._buffer) > limit:
             if self._is_file:
-                raise _too_large(
+                raise PhotoTooLarge(
                     f"{self._filename or 'A file'} is larger than the "
                     f"{self.max_file_bytes / 1e6:.1f} MB limit per photo."
                 )
-            raise _too_large(f"The form field {self._name!r} is too long.")
+            raise ProblemError(
+                413,
+                "upload_too_large",
+                "Upload too large",
+                f"The form field {self._name!r} is too long.",
+            )
 
     def on_part_end(self) -> None:
         if self._is_file:
@@ -196,9 +209,10 @@ async def read_multipart(
     )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > ceiling:
-        raise _too_large(
-            f"The request declares {int(declared) / 1e6:.1f} MB; at most {max_files} photos of "
-            f"{max_file_bytes / 1e6:.1f} MB each are accepted."
+        raise PhotoTooLarge(
+            f"The request declares {int(declared) / 1e6:.1f} MB; at most "
+            f"{_plural(max_files, 'photo')} of {max_file_bytes / 1e6:.1f} MB each "
+            f"{'are' if max_files != 1 else 'is'} accepted."
         )
     collector = _Collector(
         file_field=file_field, max_files=max_files, max_file_bytes=max_file_bytes
@@ -210,7 +224,7 @@ async def read_multipart(
         async for chunk in request.stream():
             received += len(chunk)
             if received > ceiling:
-                raise _too_large("The request body is larger than any accepted upload.")
+                raise PhotoTooLarge("The request body is larger than any accepted upload.")
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as error:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -37,6 +38,7 @@ PROBLEMS = {code: {"model": schemas.Problem} for code in (400, 401, 403, 404, 40
 _OPENED_AT_SKEW = timedelta(minutes=5)
 # The decisions that pay the buyer money, and so may carry an amount.
 REFUND_DECISIONS = frozenset({"uphold_full_refund", "uphold_partial_refund"})
+_CENT = Decimal("0.01")
 
 
 def actor(key: ApiKey) -> crud.Actor:
@@ -57,6 +59,18 @@ def claim_resolved(claim: Claim, consequence: str) -> ProblemError:
     )
 
 
+def evidence_requested(claim: Claim) -> ProblemError:
+    """The 409 for escalating a claim a reviewer asked more evidence for: escalating would end
+    the request unanswered (only new evidence does, service/api/routes/evidence.py)."""
+    return ProblemError(
+        409,
+        "evidence_requested",
+        "More evidence requested",
+        f"A reviewer asked for more evidence on claim {claim.claim_id}; upload new photos to "
+        "send it back for review.",
+    )
+
+
 def load_claim(session: Session, claim_id: str, key: ApiKey) -> Claim:
     """The claim if this key may see it. A buyer asking for someone else's claim gets the same
     404 as for a claim that does not exist, so claim ids cannot be probed."""
@@ -67,7 +81,12 @@ def load_claim(session: Session, claim_id: str, key: ApiKey) -> Claim:
 
 
 def _fingerprint(body: schemas.ClaimCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    fields = body.model_dump(mode="json")
+    if body.amount is not None:
+        # One amount however it is written ("20", "20.0", 20.0, "20.00"): a retry from another
+        # serialiser is the same request. The schema allows at most two decimals.
+        fields["amount"] = str(body.amount.quantize(_CENT))
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -127,15 +146,23 @@ def open_claim(
 def escalate(
     session: Session, claim: Claim, *, key: ApiKey, policy: PolicyConfig, now: datetime
 ) -> None:
-    """Move the claim to `escalated` (idempotent) and record it (also used by `triage demo`)."""
+    """Move the claim to `escalated` (idempotent) and record it (also used by `triage demo`).
+
+    Not while a reviewer's request for more evidence is open (`awaiting_evidence`): new evidence
+    answers it, and the claim goes back to `escalated` then (its first escalation time kept)."""
     if claim.status == "resolved":
         raise claim_resolved(claim, "it cannot be escalated")
     if claim.status == "escalated":
         return
+    if claim.status == "awaiting_evidence":
+        raise evidence_requested(claim)
     if not crud.hold_unresolved_claim(session, claim_id=claim.claim_id, now=now):
         # A decision landed since the claim was read: `escalated` must not overwrite it.
         session.refresh(claim)
         raise claim_resolved(claim, "it cannot be escalated")
+    session.refresh(claim)  # read again with the row held: a request for evidence may have landed
+    if claim.status == "awaiting_evidence":
+        raise evidence_requested(claim)
     previous = claim.status
     claim.status = "escalated"
     claim.escalated_at = now

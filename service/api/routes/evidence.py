@@ -22,14 +22,14 @@ from service.api.routes.claims import actor, claim_resolved, load_claim
 from service.api.routes.listings import MULTIPART_FILES
 from service.api.runtime import Runtime, utcnow
 from service.api.triage import retriage
-from service.api.uploads import MultipartBody, read_multipart
+from service.api.uploads import MultipartBody, PhotoTooLarge, read_multipart
 from service.assessment import PhotoAssessment
 from service.checks import inspect_photo
 from service.db import crud
 from service.db.models import ApiKey, ClaimPhoto
 from service.db.session import transaction
 from service.duplicates import claim_of_ref, evidence_ref
-from service.intake import Photo, PhotoRejected, open_photo
+from service.intake import Photo, PhotoRejected, file_too_large, open_photo
 from service.quality import rejection_issue
 
 router = APIRouter(tags=["evidence"])
@@ -78,6 +78,8 @@ def store_evidence(
     for item in accepted:  # the same photo twice (in this request or before) is kept once
         if item.photo.photo_id not in already:
             fresh.setdefault(item.photo.photo_id, item)
+    if not fresh:  # a retried upload: every photo is evidence already, nothing changes
+        return _stored_evidence(runtime, key, claim_id, {item.photo.photo_id for item in accepted})
     listing_photos = _listing_photos(runtime, listing_id)
     runtime.sync_duplicate_index()
     own_refs = frozenset(evidence_ref(claim_id, photo_id) for photo_id in already | fresh.keys())
@@ -114,6 +116,18 @@ def store_evidence(
     finally:
         runtime.settle_pending_evidence(upload_id, assessments, refs, recorded=recorded)
     data = [views.assessment_public(row) for row in rows if row.photo_id in uploaded]
+    return schemas.EvidencePublic(claim_id=claim_id, data=data, count=len(data), triage=triage)
+
+
+def _stored_evidence(
+    runtime: Runtime, key: ApiKey, claim_id: str, photo_ids: set[str]
+) -> schemas.EvidencePublic:
+    """The upload response for photos already stored as the claim's evidence, as they are."""
+    with runtime.sessions() as session:
+        claim = load_claim(session, claim_id, key)
+        rows = crud.claim_photos(session, claim_id=claim_id)
+        triage = views.triage_public(claim, runtime.policy, viewer=key.role)
+    data = [views.assessment_public(row) for row in rows if row.photo_id in photo_ids]
     return schemas.EvidencePublic(claim_id=claim_id, data=data, count=len(data), triage=triage)
 
 
@@ -266,13 +280,20 @@ def _check(runtime: Runtime, key: ApiKey, body: MultipartBody) -> schemas.Eviden
     "claims), that claim's photos are not reported as reuse and its listing is compared with "
     "unless `listing_id` is given. A file that is not a readable photo gets a "
     "422 problem document whose `issues` holds the `unsupported_format` or `corrupt` finding "
-    "(message and retake tip); size caps give 413.",
+    "(message and retake tip); size caps give 413, with the `file_too_large` or "
+    "`too_many_pixels` finding.",
 )
 async def check_evidence(
     request: Request, runtime: RuntimeDep, key: BuyerKey
 ) -> schemas.EvidenceCheckPublic:
     limits = runtime.settings.limits
-    body = await read_multipart(
-        request, file_field="file", max_files=1, max_file_bytes=limits.max_upload_bytes
-    )
+    try:
+        body = await read_multipart(
+            request, file_field="file", max_files=1, max_file_bytes=limits.max_upload_bytes
+        )
+    except PhotoTooLarge as error:
+        # Refused while streaming, before intake: the same finding as intake's refusal.
+        refusal = rejection_issue(file_too_large(limits.intake_limits()))
+        error.extensions["issues"] = [refusal.to_dict()]
+        raise
     return await run_in_threadpool(_check, runtime, key, body)
