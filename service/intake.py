@@ -188,13 +188,19 @@ def _reject_corrupt(detail: str) -> PhotoRejected:
     )
 
 
+def megabytes(count: int) -> str:
+    """A byte count as buyers read it, in MB of 2**20 bytes (the 25 MB default is 25 * 2**20),
+    with one decimal where it has one: every message about sizes says the same number."""
+    return f"{count / 2**20:.1f}".removesuffix(".0") + " MB"
+
+
 def file_too_large(limits: IntakeLimits, size: int | None = None) -> PhotoRejected:
     """The refusal of a file over the byte cap; `size` when it is known (an upload stopped
     while it streamed is only known to be larger)."""
-    limit = f"{limits.max_bytes / 1e6:.0f} MB"
+    limit = megabytes(limits.max_bytes)
     return PhotoRejected(
         "file_too_large",
-        f"This file is {size / 1e6:.1f} MB; the limit is {limit}."
+        f"This file is {megabytes(size)}; the limit is {limit}."
         if size is not None
         else f"This file is larger than the {limit} limit.",
         "Upload the photo at your camera's normal size, or share it as a smaller copy.",

@@ -17,6 +17,8 @@ from service.intake import (
     IntakeLimits,
     PhotoRejected,
     display_copy,
+    file_too_large,
+    megabytes,
     open_photo,
     sha256_hex,
 )
@@ -351,3 +353,17 @@ def test_png_with_a_broken_chunk_is_corrupt() -> None:
 
 def test_webp_riff_header_without_image_data_is_corrupt() -> None:
     assert rejection(b"RIFF\x10\x00\x00\x00WEBPVP8 garbage").code == "corrupt"
+
+
+@pytest.mark.parametrize(
+    ("count", "shown"),
+    [(25 * 2**20, "25 MB"), (int(26.24 * 2**20), "26.2 MB"), (2**20 // 2, "0.5 MB"), (0, "0 MB")],
+)
+def test_megabytes_known_values(count: int, shown: str) -> None:
+    assert megabytes(count) == shown
+
+
+def test_the_byte_cap_is_named_as_its_configuration_says() -> None:
+    """25 * 2**20 bytes is "25 MB" in every message (it read 26 MB here and 26.2 MB in the API)."""
+    refusal = file_too_large(IntakeLimits(max_bytes=25 * 2**20), 30 * 2**20)
+    assert refusal.message == "This file is 30 MB; the limit is 25 MB."

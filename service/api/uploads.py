@@ -21,6 +21,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.api.body_cap import use_own_body_caps
 from service.api.problems import ProblemError
+from service.intake import megabytes
 
 MAX_FIELD_BYTES = 1024
 MAX_FIELDS = 8
@@ -152,7 +153,7 @@ class _Collector:
             if self._is_file:
                 raise PhotoTooLarge(
                     f"{self._filename or 'A file'} is larger than the "
-                    f"{self.max_file_bytes / 1e6:.1f} MB limit per photo."
+                    f"{megabytes(self.max_file_bytes)} limit per photo."
                 )
             raise ProblemError(
                 413,
@@ -210,8 +211,8 @@ async def read_multipart(
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > ceiling:
         raise PhotoTooLarge(
-            f"The request declares {int(declared) / 1e6:.1f} MB; at most "
-            f"{_plural(max_files, 'photo')} of {max_file_bytes / 1e6:.1f} MB each "
+            f"The request declares {megabytes(int(declared))}; at most "
+            f"{_plural(max_files, 'photo')} of {megabytes(max_file_bytes)} each "
             f"{'are' if max_files != 1 else 'is'} accepted."
         )
     collector = _Collector(
