@@ -3,8 +3,9 @@
     python bench/fast_track_study.py [--data ../shared/data] [--model-dir models/...]
         [--claims-per-product 200] [--photos 1,2,3,4]
 
-The fast track is where no person looks. The card's high thresholds were chosen per photo (at
-most 1 in 20 flagged photos wrong), but a claim has several photos. This study builds claims from
+The fast track is the lane a reviewer decides quickest, on the model's word. The card's high
+thresholds were chosen per photo (at most 1 in 20 flagged photos wrong), but a claim has several
+photos. This study builds claims from
 the held-out phone photos of the validation and test products (never trained on), scored by the
 shipped ONNX file and its calibration, and runs them through `service.policy.triage_claim` itself
 with the card's thresholds:

@@ -10,8 +10,9 @@ The rules, in the order they are applied (design.md section 3):
   number are usable (more for missing parts, where the photos are all the evidence there is) or
   every usable photo carries a warning; `ok` otherwise.
 - `support`: damaged / defective -> the highest damage of a usable photo; wrong item / not as
-  described -> the highest mismatch combined with damage as a secondary signal
-  (1 - (1 - mismatch) * (1 - weight * damage)), None when the listing has no images to compare
+  described -> the mean mismatch of the usable photos compared with a listing image, combined
+  with damage as a secondary signal (1 - (1 - mismatch) * (1 - weight * damage)), None when the
+  listing has no images to compare
   with; missing parts -> None: the model cannot see what is absent, a human decides. No reason
   given (a historical record in a batch manifest) -> None: nothing to support.
 - `lane`: suspicious when a photo reuses a listing image or another claim's photo (even a blocked
