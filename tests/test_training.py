@@ -405,3 +405,50 @@ def test_the_study_pack_keeps_exactly_the_evaluated_tiles(
 
     assert len(rows) == 592
     assert relative(tmp_path) == relative(shared_data)
+
+
+def _interrupted_save(value: object, path: object) -> None:
+    """What Ctrl-C halfway through `torch.save` leaves: a truncated file, then the interrupt."""
+    Path(str(path)).write_bytes(b"PK\x03\x04 truncated")
+    raise KeyboardInterrupt
+
+
+def test_a_save_interrupted_halfway_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    from training import train
+
+    path = train.save_atomically({"step": 2}, tmp_path / "run" / "model.pt")
+    monkeypatch.setattr(train.torch, "save", _interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_atomically({"step": 4}, path)
+    assert torch.load(path, weights_only=False) == {"step": 2}
+    assert [item.name for item in path.parent.iterdir()] == ["model.pt"]
+
+
+def test_a_prefix_cache_interrupted_while_saved_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    from training import train
+
+    def build() -> object:
+        return train.PrefixCache(
+            features=torch.zeros(1, 2, 14, 14, dtype=torch.float16),
+            damage=torch.zeros(1),
+            map_target=torch.zeros(1, 7, 7),
+            has_map=torch.ones(1, dtype=torch.bool),
+            product=torch.zeros(1, dtype=torch.long),
+            kind=["photo"],
+            kinds_drawn=[()],
+        )
+
+    path = tmp_path / "cache" / "train-0123.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(train.torch, "save", _interrupted_save)
+        with pytest.raises(KeyboardInterrupt):
+            train.cached(path, build)
+    assert not path.exists()
+    assert train.cached(path, build).kind == ["photo"]
+    assert train.cached(path, build).features.shape == (1, 2, 14, 14)

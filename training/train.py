@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -127,13 +128,26 @@ def model_device(model: EvidenceNet) -> torch.device:
     return next(model.parameters()).device
 
 
+def save_atomically(value: Any, path: Path) -> Path:
+    """`torch.save` to a temporary file beside `path`, then renamed over it: a run stopped while
+    saving (Ctrl-C, a kill) leaves the previous checkpoint or cache whole, never a truncated one
+    that the next run would fail to load."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        torch.save(value, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
 def cached(path: Path, build: Any) -> PrefixCache:
     """Load a prefix cache from `path`, or build and save it (cache files are keyed by content)."""
     if path.exists():
         return PrefixCache(**torch.load(path, weights_only=False))
     cache = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(cache.__dict__, path)
+    save_atomically(cache.__dict__, path)
     return cache
 
 
@@ -492,8 +506,7 @@ def main(config: TrainConfig, resume: bool = True) -> Path:
         elapsed += time.perf_counter() - started
         history.append({"step": step, **losses, **{f"val_{k}": v for k, v in figures.items()}})
         print(json.dumps(history[-1]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(
+        save_atomically(
             {
                 "config": config.to_dict(),
                 "model": model.state_dict(),
