@@ -452,3 +452,22 @@ def test_a_prefix_cache_interrupted_while_saved_is_built_again(
     assert not path.exists()
     assert train.cached(path, build).kind == ["photo"]
     assert train.cached(path, build).features.shape == (1, 2, 14, 14)
+
+
+def test_resuming_with_another_recipe_is_refused_first_naming_the_field(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from training.__main__ import TINY_RECIPE
+    from training.config import TrainConfig
+    from training.train import checkpoint_path, main
+
+    saved = TrainConfig(
+        **TINY_RECIPE, data_root=str(tmp_path / "no-data"), run_dir=str(tmp_path / "run")
+    )
+    checkpoint_path(saved).parent.mkdir(parents=True)
+    torch.save({"config": saved.to_dict()}, checkpoint_path(saved))
+    changed = TrainConfig.from_dict({**saved.to_dict(), "head_lr": 0.002, "steps": 8})
+    # Refused before anything is read or cached (the data root does not even exist).
+    with pytest.raises(SystemExit, match=r"head_lr=0\.001 there, 0\.002 now") as refused:
+        main(changed)
+    assert "steps" not in str(refused.value)  # steps may change on resumption
+    assert not (tmp_path / "cache").exists()

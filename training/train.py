@@ -463,8 +463,30 @@ def recipe_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
     ]
 
 
+def check_same_recipe(path: Path, saved: TrainConfig, current: TrainConfig) -> None:
+    """Refuse, naming each field, to go on from a checkpoint of another recipe."""
+    differences = recipe_differences(saved, current)
+    if differences:
+        fields = "; ".join(
+            f"{name}={getattr(saved, name)!r} there, {getattr(current, name)!r} now"
+            for name in differences
+        )
+        raise SystemExit(
+            f"{path} was trained with another config ({fields}); resume it with that "
+            "config, or use --no-resume or another --run-dir"
+        )
+
+
 def main(config: TrainConfig, resume: bool = True) -> Path:
     """Train one model (the fine-tuned one, or the frozen-trunk baseline) to `config.steps`."""
+    path = checkpoint_path(config)
+    state = (
+        torch.load(path, map_location="cpu", weights_only=False)
+        if resume and path.exists()
+        else None
+    )
+    if state is not None:  # before the caches: a refused resume should not build them first
+        check_same_recipe(path, TrainConfig.from_dict(state["config"]), config)
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     splits = make_splits(
@@ -479,15 +501,8 @@ def main(config: TrainConfig, resume: bool = True) -> Path:
     sampler = BatchSampler(train_cache, coarse_class, config)
     optimizer, scheduler = make_optimizer(model, config)
     rng = np.random.default_rng(config.seed)
-    path = checkpoint_path(config)
     step, history, elapsed = 0, [], 0.0
-    if resume and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if recipe_differences(TrainConfig.from_dict(state["config"]), config):
-            raise SystemExit(
-                f"{path} was trained with another config; resume it with that "
-                "config, or use --no-resume or another --run-dir"
-            )
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
