@@ -471,3 +471,40 @@ def test_resuming_with_another_recipe_is_refused_first_naming_the_field(tmp_path
         main(changed)
     assert "steps" not in str(refused.value)  # steps may change on resumption
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_stages_after_training_replay_only_the_recipe_they_were_trained_with(
+    tmp_path: Path,
+) -> None:
+    """export, calibrate, evaluate and release draw splits and samples from the config they are
+    given: run with another seed than the checkpoint's, they would calibrate and evaluate on
+    products the model was trained on, under a card that names the checkpoint's recipe."""
+    torch = pytest.importorskip("torch")
+    from training import pipeline
+    from training.__main__ import TINY_RECIPE
+    from training.config import TrainConfig
+    from training.model import EvidenceNet
+    from training.train import checkpoint_path
+
+    saved = TrainConfig(
+        **TINY_RECIPE, data_root=str(tmp_path / "no-data"), run_dir=str(tmp_path / "run")
+    )
+    with pytest.raises(SystemExit, match=r"model\.pt is missing: run `python -m training train`"):
+        pipeline.export(saved)
+    weights = EvidenceNet(pretrained=False).state_dict()
+    checkpoint_path(saved).parent.mkdir(parents=True)
+    state = {"config": saved.to_dict(), "model": weights, "step": 2}
+    torch.save(state, checkpoint_path(saved))
+    with pytest.raises(SystemExit, match=r"model\.pt stopped at step 2 of 4: run `python -m"):
+        pipeline.export(saved)
+    torch.save({**state, "step": 4}, checkpoint_path(saved))
+    other_seed = TrainConfig.from_dict({**saved.to_dict(), "seed": 5})
+    for stage in (pipeline.export, pipeline.release):
+        with pytest.raises(SystemExit, match=r"seed=17 there, 5 now"):
+            stage(other_seed)
+    with pytest.raises(SystemExit, match=r"calibration\.json is missing: run .* calibrate"):
+        pipeline.evaluate(saved)
+    with pytest.raises(SystemExit, match=r"int8_study\.json is missing: run .* export"):
+        pipeline.release(saved)
+    with pytest.raises(SystemExit, match=r"seed=17 there, 5 now"):
+        pipeline.calibrate(other_seed)

@@ -463,7 +463,12 @@ def recipe_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
     ]
 
 
-def check_same_recipe(path: Path, saved: TrainConfig, current: TrainConfig) -> None:
+def check_same_recipe(
+    path: Path,
+    saved: TrainConfig,
+    current: TrainConfig,
+    advice: str = "resume it with that config, or use --no-resume or another --run-dir",
+) -> None:
     """Refuse, naming each field, to go on from a checkpoint of another recipe."""
     differences = recipe_differences(saved, current)
     if differences:
@@ -471,10 +476,25 @@ def check_same_recipe(path: Path, saved: TrainConfig, current: TrainConfig) -> N
             f"{name}={getattr(saved, name)!r} there, {getattr(current, name)!r} now"
             for name in differences
         )
+        raise SystemExit(f"{path} was trained with another config ({fields}); {advice}")
+
+
+def trained(config: TrainConfig) -> tuple[EvidenceNet, dict[str, Any]]:
+    """The finished checkpoint of `config` (the fine-tuned model, or with fine_tune=False the
+    baseline) for the stages after training. Refused when it was trained with another recipe:
+    their splits, samples and the card must be those of the recipe the weights came from."""
+    path = checkpoint_path(config)
+    command = "python -m training train" + ("" if config.fine_tune else " --baseline")
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `{command}` first, with the same options")
+    model, saved, state = load_model(path)
+    check_same_recipe(path, saved, config, "run every stage with the options it was trained with")
+    if state["step"] < config.steps:  # an interrupted run: do not export or ship it half-trained
         raise SystemExit(
-            f"{path} was trained with another config ({fields}); resume it with that "
-            "config, or use --no-resume or another --run-dir"
+            f"{path} stopped at step {state['step']} of {config.steps}: run `{command}` "
+            "with the same options to finish it first"
         )
+    return model, state
 
 
 def main(config: TrainConfig, resume: bool = True) -> Path:
