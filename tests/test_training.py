@@ -508,3 +508,30 @@ def test_the_stages_after_training_replay_only_the_recipe_they_were_trained_with
         pipeline.release(saved)
     with pytest.raises(SystemExit, match=r"seed=17 there, 5 now"):
         pipeline.calibrate(other_seed)
+
+
+def test_release_never_replaces_another_model_of_the_same_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`release` without --models-dir writes into the repository's models/: a tiny or
+    unfinished run released under the shipped name and version must not replace the shipped
+    file; the same file again (a rerun of `run`) is fine."""
+    pytest.importorskip("torch")
+    from training import pipeline
+    from training.config import TrainConfig
+
+    config = TrainConfig(run_dir=str(tmp_path / "run"), models_dir=str(tmp_path / "models"))
+    monkeypatch.setattr(pipeline, "trained", lambda config: (None, {}))
+    monkeypatch.setattr(pipeline, "model_card", lambda *arguments: {"name": config.name})
+    pipeline._json(Path(config.run_dir) / "int8_study.json", {"torch_onnx_max_abs_diff": 0.0})
+    (Path(config.run_dir) / "model.onnx").write_bytes(b"new weights")
+    config.model_dir.mkdir(parents=True)
+    (config.model_dir / "model.onnx").write_bytes(b"shipped weights")
+    (config.model_dir / "model_card.json").write_text("{}")
+    with pytest.raises(SystemExit, match="already holds another model"):
+        pipeline.release(config)
+    assert (config.model_dir / "model.onnx").read_bytes() == b"shipped weights"
+    assert (config.model_dir / "model_card.json").read_text() == "{}"
+    (config.model_dir / "model.onnx").write_bytes(b"new weights")
+    assert pipeline.release(config) == config.model_dir
+    assert json.loads((config.model_dir / "model_card.json").read_text()) == {"name": config.name}

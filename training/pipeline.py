@@ -381,8 +381,17 @@ def release(config: TrainConfig) -> Path:
     study = stage_output(config, "int8_study.json", "export")
     parity = study.pop("torch_onnx_max_abs_diff")
     model_dir = config.model_dir
+    shipped = (run_dir / SHIPPED_FILE).read_bytes()
+    released = model_dir / "model.onnx"
+    if released.exists() and released.read_bytes() != shipped:
+        # A released version is never replaced by other weights (the default --models-dir is
+        # the repository's models/, where the shipped model lives).
+        raise SystemExit(
+            f"{model_dir} already holds another model: release under a new version "
+            "(--set version=...) or into another --models-dir"
+        )
     model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "model.onnx").write_bytes((run_dir / SHIPPED_FILE).read_bytes())
+    released.write_bytes(shipped)
     write_card(model_card(config, state, parity, study), model_dir)
     return model_dir
 
