@@ -535,3 +535,48 @@ def test_release_never_replaces_another_model_of_the_same_version(
     (config.model_dir / "model.onnx").write_bytes(b"new weights")
     assert pipeline.release(config) == config.model_dir
     assert json.loads((config.model_dir / "model_card.json").read_text()) == {"name": config.name}
+
+
+def test_bad_command_line_input_exits_with_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.__main__ import main
+
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 64), (90, 120, 60)).save(photo)
+    manifests = {
+        "missing-photo.csv": f"photo,damage\n{photo},1\n{tmp_path / 'gone.jpg'},0\n",
+        "missing-listing.csv": f"photo,matches_listing,listing_images\n{photo},1,gone.png\n",
+        "bad-label.csv": f"photo,damage\n{photo},2\n",
+    }
+    for name, text in manifests.items():
+        (tmp_path / name).write_text(text)
+    data_root = str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    common = ["--run-dir", str(tmp_path / "run"), "--data-root", data_root]
+    cases = {
+        "--set steps=abc: not a valid int value": ["--set", "steps=abc"],
+        "no grocery/manifest.csv": ["--data-root", str(tmp_path / "no-data")],
+        "missing-photo.csv row 2: ": ["--extra-manifest", str(tmp_path / "missing-photo.csv")],
+        "missing-listing.csv row 1: ": ["--extra-manifest", str(tmp_path / "missing-listing.csv")],
+        "bad-label.csv row 1: column 'damage'": [
+            "--extra-manifest",
+            str(tmp_path / "bad-label.csv"),
+        ],
+        "nothing.csv": ["--extra-manifest", str(tmp_path / "nothing.csv")],
+    }
+    for message, arguments in cases.items():
+        if "no grocery" not in message and not Path(data_root, "grocery").is_dir():
+            continue  # those cases get past the data root check only with the real data
+        with pytest.raises(SystemExit) as exited:
+            main(["train", "--tiny", *common, *arguments])
+        assert message in str(exited.value.code), message
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                "recalibrate",
+                *("--model-dir", str(tmp_path / "no-model"), "--labels", str(photo)),
+                *("--out", str(tmp_path / "out"), "--version", "2"),
+            ]
+        )
+    assert "no-model/model_card.json" in str(exited.value.code)
