@@ -580,3 +580,12 @@ def test_bad_command_line_input_exits_with_a_message_not_a_traceback(
             ]
         )
     assert "no-model/model_card.json" in str(exited.value.code)
+
+
+def test_the_card_names_every_source_of_the_weights_with_its_licence() -> None:
+    """design.md section 6: the pretrained trunk is a source of the shipped weights too."""
+    from training.card import DATA_SOURCES
+
+    licences = {source["name"]: source["licence"] for source in DATA_SOURCES}
+    assert licences["imagenet-weights"] == "Apache-2.0"
+    assert {"grocery", "packages", "tiles"} <= set(licences)
