@@ -144,7 +144,7 @@ def test_recalibrate_writes_a_new_folder_the_engine_serves(
     # lost, the test must not overwrite the shipped model in the checkout.
     copy = tmp_path / "copy"
     shutil.copytree(SHIPPED, copy)
-    with pytest.raises(ValueError, match="new folder"):
+    with pytest.raises(SystemExit, match="new folder"):
         main(
             [
                 "recalibrate",

@@ -405,3 +405,187 @@ def test_the_study_pack_keeps_exactly_the_evaluated_tiles(
 
     assert len(rows) == 592
     assert relative(tmp_path) == relative(shared_data)
+
+
+def _interrupted_save(value: object, path: object) -> None:
+    """What Ctrl-C halfway through `torch.save` leaves: a truncated file, then the interrupt."""
+    Path(str(path)).write_bytes(b"PK\x03\x04 truncated")
+    raise KeyboardInterrupt
+
+
+def test_a_save_interrupted_halfway_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    from training import train
+
+    path = train.save_atomically({"step": 2}, tmp_path / "run" / "model.pt")
+    monkeypatch.setattr(train.torch, "save", _interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_atomically({"step": 4}, path)
+    assert torch.load(path, weights_only=False) == {"step": 2}
+    assert [item.name for item in path.parent.iterdir()] == ["model.pt"]
+
+
+def test_a_prefix_cache_interrupted_while_saved_is_built_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    from training import train
+
+    def build() -> object:
+        return train.PrefixCache(
+            features=torch.zeros(1, 2, 14, 14, dtype=torch.float16),
+            damage=torch.zeros(1),
+            map_target=torch.zeros(1, 7, 7),
+            has_map=torch.ones(1, dtype=torch.bool),
+            product=torch.zeros(1, dtype=torch.long),
+            kind=["photo"],
+            kinds_drawn=[()],
+        )
+
+    path = tmp_path / "cache" / "train-0123.pt"
+    with monkeypatch.context() as patch:
+        patch.setattr(train.torch, "save", _interrupted_save)
+        with pytest.raises(KeyboardInterrupt):
+            train.cached(path, build)
+    assert not path.exists()
+    assert train.cached(path, build).kind == ["photo"]
+    assert train.cached(path, build).features.shape == (1, 2, 14, 14)
+
+
+def test_resuming_with_another_recipe_is_refused_first_naming_the_field(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from training.__main__ import TINY_RECIPE
+    from training.config import TrainConfig
+    from training.train import checkpoint_path, main
+
+    saved = TrainConfig(
+        **TINY_RECIPE, data_root=str(tmp_path / "no-data"), run_dir=str(tmp_path / "run")
+    )
+    checkpoint_path(saved).parent.mkdir(parents=True)
+    torch.save({"config": saved.to_dict()}, checkpoint_path(saved))
+    changed = TrainConfig.from_dict({**saved.to_dict(), "head_lr": 0.002, "steps": 8})
+    # Refused before anything is read or cached (the data root does not even exist).
+    with pytest.raises(SystemExit, match=r"head_lr=0\.001 there, 0\.002 now") as refused:
+        main(changed)
+    assert "steps" not in str(refused.value)  # steps may change on resumption
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_stages_after_training_replay_only_the_recipe_they_were_trained_with(
+    tmp_path: Path,
+) -> None:
+    """export, calibrate, evaluate and release draw splits and samples from the config they are
+    given: run with another seed than the checkpoint's, they would calibrate and evaluate on
+    products the model was trained on, under a card that names the checkpoint's recipe."""
+    torch = pytest.importorskip("torch")
+    from training import pipeline
+    from training.__main__ import TINY_RECIPE
+    from training.config import TrainConfig
+    from training.model import EvidenceNet
+    from training.train import checkpoint_path
+
+    saved = TrainConfig(
+        **TINY_RECIPE, data_root=str(tmp_path / "no-data"), run_dir=str(tmp_path / "run")
+    )
+    with pytest.raises(SystemExit, match=r"model\.pt is missing: run `python -m training train`"):
+        pipeline.export(saved)
+    weights = EvidenceNet(pretrained=False).state_dict()
+    checkpoint_path(saved).parent.mkdir(parents=True)
+    state = {"config": saved.to_dict(), "model": weights, "step": 2}
+    torch.save(state, checkpoint_path(saved))
+    with pytest.raises(SystemExit, match=r"model\.pt stopped at step 2 of 4: run `python -m"):
+        pipeline.export(saved)
+    torch.save({**state, "step": 4}, checkpoint_path(saved))
+    other_seed = TrainConfig.from_dict({**saved.to_dict(), "seed": 5})
+    for stage in (pipeline.export, pipeline.release):
+        with pytest.raises(SystemExit, match=r"seed=17 there, 5 now"):
+            stage(other_seed)
+    with pytest.raises(SystemExit, match=r"calibration\.json is missing: run .* calibrate"):
+        pipeline.evaluate(saved)
+    with pytest.raises(SystemExit, match=r"int8_study\.json is missing: run .* export"):
+        pipeline.release(saved)
+    with pytest.raises(SystemExit, match=r"seed=17 there, 5 now"):
+        pipeline.calibrate(other_seed)
+
+
+def test_release_never_replaces_another_model_of_the_same_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`release` without --models-dir writes into the repository's models/: a tiny or
+    unfinished run released under the shipped name and version must not replace the shipped
+    file; the same file again (a rerun of `run`) is fine."""
+    pytest.importorskip("torch")
+    from training import pipeline
+    from training.config import TrainConfig
+
+    config = TrainConfig(run_dir=str(tmp_path / "run"), models_dir=str(tmp_path / "models"))
+    monkeypatch.setattr(pipeline, "trained", lambda config: (None, {}))
+    monkeypatch.setattr(pipeline, "model_card", lambda *arguments: {"name": config.name})
+    pipeline._json(Path(config.run_dir) / "int8_study.json", {"torch_onnx_max_abs_diff": 0.0})
+    (Path(config.run_dir) / "model.onnx").write_bytes(b"new weights")
+    config.model_dir.mkdir(parents=True)
+    (config.model_dir / "model.onnx").write_bytes(b"shipped weights")
+    (config.model_dir / "model_card.json").write_text("{}")
+    with pytest.raises(SystemExit, match="already holds another model"):
+        pipeline.release(config)
+    assert (config.model_dir / "model.onnx").read_bytes() == b"shipped weights"
+    assert (config.model_dir / "model_card.json").read_text() == "{}"
+    (config.model_dir / "model.onnx").write_bytes(b"new weights")
+    assert pipeline.release(config) == config.model_dir
+    assert json.loads((config.model_dir / "model_card.json").read_text()) == {"name": config.name}
+
+
+def test_bad_command_line_input_exits_with_a_message_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.__main__ import main
+
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 64), (90, 120, 60)).save(photo)
+    manifests = {
+        "missing-photo.csv": f"photo,damage\n{photo},1\n{tmp_path / 'gone.jpg'},0\n",
+        "missing-listing.csv": f"photo,matches_listing,listing_images\n{photo},1,gone.png\n",
+        "bad-label.csv": f"photo,damage\n{photo},2\n",
+    }
+    for name, text in manifests.items():
+        (tmp_path / name).write_text(text)
+    data_root = str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    common = ["--run-dir", str(tmp_path / "run"), "--data-root", data_root]
+    cases = {
+        "--set steps=abc: not a valid int value": ["--set", "steps=abc"],
+        "no grocery/manifest.csv": ["--data-root", str(tmp_path / "no-data")],
+        "missing-photo.csv row 2: ": ["--extra-manifest", str(tmp_path / "missing-photo.csv")],
+        "missing-listing.csv row 1: ": ["--extra-manifest", str(tmp_path / "missing-listing.csv")],
+        "bad-label.csv row 1: column 'damage'": [
+            "--extra-manifest",
+            str(tmp_path / "bad-label.csv"),
+        ],
+        "nothing.csv": ["--extra-manifest", str(tmp_path / "nothing.csv")],
+    }
+    for message, arguments in cases.items():
+        if "no grocery" not in message and not Path(data_root, "grocery").is_dir():
+            continue  # those cases get past the data root check only with the real data
+        with pytest.raises(SystemExit) as exited:
+            main(["train", "--tiny", *common, *arguments])
+        assert message in str(exited.value.code), message
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                "recalibrate",
+                *("--model-dir", str(tmp_path / "no-model"), "--labels", str(photo)),
+                *("--out", str(tmp_path / "out"), "--version", "2"),
+            ]
+        )
+    assert "no-model/model_card.json" in str(exited.value.code)
+
+
+def test_the_card_names_every_source_of_the_weights_with_its_licence() -> None:
+    """design.md section 6: the pretrained trunk is a source of the shipped weights too."""
+    from training.card import DATA_SOURCES
+
+    licences = {source["name"]: source["licence"] for source in DATA_SOURCES}
+    assert licences["imagenet-weights"] == "Apache-2.0"
+    assert {"grocery", "packages", "tiles"} <= set(licences)

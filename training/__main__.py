@@ -52,7 +52,11 @@ def build_config(arguments: argparse.Namespace) -> TrainConfig:
         key, _, text = assignment.partition("=")
         if key not in values:
             raise SystemExit(f"unknown config key {key!r}; known: {', '.join(sorted(values))}")
-        values[key] = _parse_value(text, hints[key])
+        try:
+            values[key] = _parse_value(text, hints[key])
+        except ValueError:
+            kind = getattr(hints[key], "__name__", hints[key])
+            raise SystemExit(f"--set {assignment}: not a valid {kind} value") from None
     for key in ("data_root", "run_dir", "models_dir", "steps"):
         if getattr(arguments, key, None) is not None:
             values[key] = getattr(arguments, key)
@@ -118,20 +122,38 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def check_inputs(config: TrainConfig) -> None:
+    """The data root and every user manifest, checked before anything is rendered or trained."""
+    from training.data import check_labelled_photos
+
+    if not (Path(config.data_root) / "grocery" / "manifest.csv").is_file():
+        raise SystemExit(f"{config.data_root}: no grocery/manifest.csv; is it the shared data?")
+    for manifest in config.extra_manifests:
+        try:
+            check_labelled_photos(Path(manifest))
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"extra manifest {manifest}: {error}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = parser().parse_args(argv)
     if arguments.command == "recalibrate":
         from training.recalibrate import recalibrate
 
-        written = recalibrate(
-            Path(arguments.model_dir),
-            Path(arguments.labels),
-            Path(arguments.out),
-            arguments.version,
-        )
+        try:
+            written = recalibrate(
+                Path(arguments.model_dir),
+                Path(arguments.labels),
+                Path(arguments.out),
+                arguments.version,
+            )
+        except (OSError, ValueError) as error:  # a missing model or labels file, a bad row
+            raise SystemExit(f"recalibrate: {error}") from None
         print(f"recalibrated model written to {written}")
         return
     config = build_config(arguments)
+    if arguments.command != "release":  # release reads the run directory only
+        check_inputs(config)
     # Imported here so that `--help` answers without loading torch.
     from training import pipeline, train
 

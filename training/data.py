@@ -155,6 +155,17 @@ def load_labelled_photos(manifest: Path) -> list[LabelledPhoto]:
     return photos
 
 
+def check_labelled_photos(manifest: Path) -> list[LabelledPhoto]:
+    """`load_labelled_photos`, refusing a row whose photo or listing image is not a file: found
+    before any rendering, with the row named, rather than half-way through the caches."""
+    photos = load_labelled_photos(manifest)
+    for number, photo in enumerate(photos, start=1):
+        for path in (photo.path, *photo.listing_images):
+            if not path.is_file():
+                raise ValueError(f"{manifest.name} row {number}: {path} is not a file")
+    return photos
+
+
 def write_labelled_photos(path: Path, photos: Iterable[LabelledPhoto]) -> Path:
     """Write labelled photos as a CSV manifest that `load_labelled_photos` reads back."""
 

@@ -41,11 +41,10 @@ from training.export import export_onnx, latency_ms, onnx_session, quantize_int8
 from training.model import EvidenceNet
 from training.samples import KIND_PACKAGE, KIND_PHOTO, Rendered, Sample, render
 from training.train import (
-    checkpoint_path,
     data_caches,
     heldout_samples,
-    load_model,
     predict_cache,
+    trained,
 )
 
 SHIPPED_FILE = "model.onnx"  # in the run directory: the file `release` copies into models/
@@ -65,9 +64,19 @@ def _json(path: Path, value: Any | None = None) -> Any:
 
 
 def load_baseline(config: TrainConfig) -> EvidenceNet:
-    """The frozen-trunk baseline; the fine-tuned model is scored through its shipped file."""
-    model, _, _ = load_model(checkpoint_path(dataclasses.replace(config, fine_tune=False)))
+    """The frozen-trunk baseline; the fine-tuned model is scored through its shipped file (whose
+    checkpoint must be of this recipe too)."""
+    trained(config)
+    model, _ = trained(dataclasses.replace(config, fine_tune=False))
     return model
+
+
+def stage_output(config: TrainConfig, name: str, command: str) -> Any:
+    """A report an earlier stage wrote into the run directory."""
+    path = Path(config.run_dir) / name
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `python -m training {command}` first")
+    return _json(path)
 
 
 def listing_copies(image: Image.Image) -> list[Image.Image]:
@@ -155,11 +164,11 @@ def copy_similarities(predict: Predictor, listing_paths: list[Path]) -> np.ndarr
 
 def calibrate(config: TrainConfig) -> dict[str, Any]:
     """Fit calibration and thresholds on validation: the shipped file, and the baseline."""
+    baseline = load_baseline(config)
     torch.set_num_threads(config.threads)
     splits = make_splits(
         Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
     )
-    baseline = load_baseline(config)
     # The prefix cache was rendered from the same samples: its labels are theirs.
     cache, samples = data_caches(config, baseline, splits, "val")
     val_listings = [
@@ -197,12 +206,12 @@ def rendered_tiles(config: TrainConfig) -> list[Rendered]:
 
 def evaluate(config: TrainConfig) -> dict[str, Any]:
     """Held-out test figures for the shipped file and the frozen-trunk baseline."""
+    calibrations = stage_output(config, "calibration.json", "calibrate")
+    baseline = load_baseline(config)
     torch.set_num_threads(config.threads)
     splits = make_splits(
         Path(config.data_root), config.val_fraction, config.test_fraction, config.seed
     )
-    calibrations = _json(Path(config.run_dir) / "calibration.json")
-    baseline = load_baseline(config)
     cache, samples = data_caches(config, baseline, splits, "test")
     # Rendered once for both models (and their masks); the baseline runs its whole network on
     # them instead of going through a prefix cache of its own, which would render them again.
@@ -353,7 +362,7 @@ def export(config: TrainConfig) -> Path:
     (run_dir/model.onnx), which `calibrate` and `evaluate` then score."""
     torch.set_num_threads(config.threads)
     run_dir = Path(config.run_dir)
-    model, _, _ = load_model(checkpoint_path(config))
+    model, _ = trained(config)
     fp32_path = export_onnx(model, run_dir / "model.fp32.onnx")
     parity = torch_onnx_max_difference(model, fp32_path, parity_photos(config))
     if parity > PARITY_TOLERANCE:
@@ -368,12 +377,21 @@ def export(config: TrainConfig) -> Path:
 def release(config: TrainConfig) -> Path:
     """models/<name>-<version>/: the shipped file and its card (calibration, metrics, recipe)."""
     run_dir = Path(config.run_dir)
-    _, _, state = load_model(checkpoint_path(config))
-    study = _json(run_dir / "int8_study.json")
+    _, state = trained(config)
+    study = stage_output(config, "int8_study.json", "export")
     parity = study.pop("torch_onnx_max_abs_diff")
     model_dir = config.model_dir
+    shipped = (run_dir / SHIPPED_FILE).read_bytes()
+    released = model_dir / "model.onnx"
+    if released.exists() and released.read_bytes() != shipped:
+        # A released version is never replaced by other weights (the default --models-dir is
+        # the repository's models/, where the shipped model lives).
+        raise SystemExit(
+            f"{model_dir} already holds another model: release under a new version "
+            "(--set version=...) or into another --models-dir"
+        )
     model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "model.onnx").write_bytes((run_dir / SHIPPED_FILE).read_bytes())
+    released.write_bytes(shipped)
     write_card(model_card(config, state, parity, study), model_dir)
     return model_dir
 
@@ -439,14 +457,13 @@ def target_verdicts(metrics: dict[str, float], figures: dict[str, Any]) -> dict[
 def model_card(
     config: TrainConfig, state: dict[str, Any], parity: float, study: dict[str, Any]
 ) -> dict[str, Any]:
-    run_dir = Path(config.run_dir)
-    calibrations = _json(run_dir / "calibration.json")
-    evaluation = _json(run_dir / "evaluation.json")
+    calibrations = stage_output(config, "calibration.json", "calibrate")
+    evaluation = stage_output(config, "evaluation.json", "evaluate")
     metrics = _headline(evaluation["model"])
     baseline = _headline(evaluation["baseline"])
     targets = target_verdicts(metrics, evaluation["model"])
     entry = calibrations["model"]
-    baseline_state = torch.load(run_dir / "baseline.pt", map_location="cpu", weights_only=False)
+    _, baseline_state = trained(dataclasses.replace(config, fine_tune=False))
     return build_card(
         name=config.name,
         version=config.version,

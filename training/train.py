@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -127,13 +128,26 @@ def model_device(model: EvidenceNet) -> torch.device:
     return next(model.parameters()).device
 
 
+def save_atomically(value: Any, path: Path) -> Path:
+    """`torch.save` to a temporary file beside `path`, then renamed over it: a run stopped while
+    saving (Ctrl-C, a kill) leaves the previous checkpoint or cache whole, never a truncated one
+    that the next run would fail to load."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        torch.save(value, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
 def cached(path: Path, build: Any) -> PrefixCache:
     """Load a prefix cache from `path`, or build and save it (cache files are keyed by content)."""
     if path.exists():
         return PrefixCache(**torch.load(path, weights_only=False))
     cache = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(cache.__dict__, path)
+    save_atomically(cache.__dict__, path)
     return cache
 
 
@@ -449,8 +463,50 @@ def recipe_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
     ]
 
 
+def check_same_recipe(
+    path: Path,
+    saved: TrainConfig,
+    current: TrainConfig,
+    advice: str = "resume it with that config, or use --no-resume or another --run-dir",
+) -> None:
+    """Refuse, naming each field, to go on from a checkpoint of another recipe."""
+    differences = recipe_differences(saved, current)
+    if differences:
+        fields = "; ".join(
+            f"{name}={getattr(saved, name)!r} there, {getattr(current, name)!r} now"
+            for name in differences
+        )
+        raise SystemExit(f"{path} was trained with another config ({fields}); {advice}")
+
+
+def trained(config: TrainConfig) -> tuple[EvidenceNet, dict[str, Any]]:
+    """The finished checkpoint of `config` (the fine-tuned model, or with fine_tune=False the
+    baseline) for the stages after training. Refused when it was trained with another recipe:
+    their splits, samples and the card must be those of the recipe the weights came from."""
+    path = checkpoint_path(config)
+    command = "python -m training train" + ("" if config.fine_tune else " --baseline")
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `{command}` first, with the same options")
+    model, saved, state = load_model(path)
+    check_same_recipe(path, saved, config, "run every stage with the options it was trained with")
+    if state["step"] < config.steps:  # an interrupted run: do not export or ship it half-trained
+        raise SystemExit(
+            f"{path} stopped at step {state['step']} of {config.steps}: run `{command}` "
+            "with the same options to finish it first"
+        )
+    return model, state
+
+
 def main(config: TrainConfig, resume: bool = True) -> Path:
     """Train one model (the fine-tuned one, or the frozen-trunk baseline) to `config.steps`."""
+    path = checkpoint_path(config)
+    state = (
+        torch.load(path, map_location="cpu", weights_only=False)
+        if resume and path.exists()
+        else None
+    )
+    if state is not None:  # before the caches: a refused resume should not build them first
+        check_same_recipe(path, TrainConfig.from_dict(state["config"]), config)
     torch.set_num_threads(config.threads)
     seed_everything(config.seed)
     splits = make_splits(
@@ -465,15 +521,8 @@ def main(config: TrainConfig, resume: bool = True) -> Path:
     sampler = BatchSampler(train_cache, coarse_class, config)
     optimizer, scheduler = make_optimizer(model, config)
     rng = np.random.default_rng(config.seed)
-    path = checkpoint_path(config)
     step, history, elapsed = 0, [], 0.0
-    if resume and path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if recipe_differences(TrainConfig.from_dict(state["config"]), config):
-            raise SystemExit(
-                f"{path} was trained with another config; resume it with that "
-                "config, or use --no-resume or another --run-dir"
-            )
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -492,8 +541,7 @@ def main(config: TrainConfig, resume: bool = True) -> Path:
         elapsed += time.perf_counter() - started
         history.append({"step": step, **losses, **{f"val_{k}": v for k, v in figures.items()}})
         print(json.dumps(history[-1]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(
+        save_atomically(
             {
                 "config": config.to_dict(),
                 "model": model.state_dict(),
