@@ -589,3 +589,23 @@ def test_the_card_names_every_source_of_the_weights_with_its_licence() -> None:
     licences = {source["name"]: source["licence"] for source in DATA_SOURCES}
     assert licences["imagenet-weights"] == "Apache-2.0"
     assert {"grocery", "packages", "tiles"} <= set(licences)
+
+
+def test_labels_and_places_are_no_part_of_the_recipe() -> None:
+    """Weights trained under one release label may be exported and released under another
+    (Session 10 trained under 1.3.0 and released 1.3.1), and moved, resumed longer or evaluated
+    on more tiles; a change to what is learned is refused."""
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from training.config import TrainConfig
+    from training.train import recipe_differences
+
+    trained_as = TrainConfig(version="1.3.0")
+    relabelled = dataclasses.replace(
+        trained_as, version="1.3.1", name="evidence-site", run_dir="/elsewhere", steps=800
+    )
+    assert (
+        recipe_differences(trained_as, dataclasses.replace(relabelled, tiles_intact_limit=9)) == []
+    )
+    assert recipe_differences(trained_as, dataclasses.replace(relabelled, seed=5)) == ["seed"]

@@ -438,8 +438,10 @@ def data_caches(
     return cached(path, build), samples
 
 
-# Fields that may change between a checkpoint and its resumption: where things are, how long
-# to go on, how often to save. Anything else would silently mix two recipes in one model.
+# Fields that may change between a checkpoint and its resumption, or between training and the
+# stages after it: where things are, how long to go on, how often to save, what the release is
+# called (Session 10 trained under the label 1.3.0 and released the weights as 1.3.1) and how many
+# tiles the evaluation scores. Anything else would silently mix two recipes in one model.
 RESUMABLE_CHANGES = frozenset(
     {
         "steps",
@@ -451,6 +453,9 @@ RESUMABLE_CHANGES = frozenset(
         "run_dir",
         "models_dir",
         "data_root",
+        "name",
+        "version",
+        "tiles_intact_limit",
     }
 )
 
