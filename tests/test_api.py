@@ -1344,3 +1344,41 @@ def test_a_restarted_server_rebuilds_the_duplicate_index(api_server: ApiServer) 
             reused = other.post(f"/v1/claims/{second}/evidence", files=files(photo)).json()
     assert "duplicate_across_claims" in [i["code"] for i in reused["data"][0]["issues"]]
     assert any(first in reason for reason in reviewer_reasons(api_server, second))
+
+
+def test_originals_are_written_before_an_upload_takes_the_database_write_lock(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing an original ends in an fsync; inside the recording transaction it held SQLite's
+    write lock, and every other upload with it, for that long (a p99 of 1.2 s at concurrency 8
+    in bench_api.py). The store is asked while another connection can still take the lock."""
+    url = api_server.settings.resolved_database_url
+    if not url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock; PostgreSQL locks rows")
+    import sqlite3
+
+    from service.store import PhotoStore
+
+    database = url.removeprefix("sqlite:///")
+    seen: list[str] = []
+    put = PhotoStore.put
+
+    def put_and_probe(store: PhotoStore, data: bytes) -> str:
+        probe = sqlite3.connect(database, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            seen.append("free")
+        except sqlite3.OperationalError:
+            seen.append("locked")
+        finally:
+            probe.close()
+        return put(store, data)
+
+    monkeypatch.setattr(PhotoStore, "put", put_and_probe)
+    listing_id = new_listing(api_server, plain_jpeg(seed=301))
+    claim_id = new_claim(api_server, listing_id)
+    with api_server.client(api_server.keys["buyer"]) as buyer:
+        uploaded = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(plain_jpeg(302)))
+    assert uploaded.status_code == 201, uploaded.text
+    assert seen and set(seen) == {"free"}, seen

@@ -84,20 +84,27 @@ def accept_photos(
     return accepted
 
 
-def store_photo(
+def store_originals(store: PhotoStore, accepted: Sequence[AcceptedPhoto]) -> None:
+    """Write the originals (idempotent, content-addressed), before the transaction that records
+    them: each write ends in an fsync, and inside the transaction it would hold SQLite's write
+    lock, and with it every other upload, for that long. An original whose transaction then
+    fails stays in the store unrecorded, as one did when it was written inside the transaction."""
+    for item in accepted:
+        store.put(item.data)
+
+
+def record_photo(
     session: Session,
     *,
-    store: PhotoStore,
     accepted: AcceptedPhoto,
     window_hashes: Sequence[int] = (),
     now: datetime,
 ) -> PhotoRow:
-    """Write the original (idempotent, content-addressed) and its metadata row; evidence
-    photos give their `window_hashes` (whole frame first) for the duplicate index."""
-    photo_id = store.put(accepted.data)
+    """The metadata row of an original `store_originals` wrote; evidence photos give their
+    `window_hashes` (whole frame first) for the duplicate index."""
     return crud.get_or_add_photo(
         session,
-        photo_id=photo_id,
+        photo_id=accepted.photo.photo_id,
         image_format=accepted.photo.format,
         byte_size=accepted.photo.byte_size,
         size=accepted.photo.original_size,

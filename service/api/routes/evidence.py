@@ -15,7 +15,8 @@ from service.api.photo_uploads import (
     AcceptedPhoto,
     accept_photos,
     read_photo_files,
-    store_photo,
+    record_photo,
+    store_originals,
 )
 from service.api.problems import ProblemError
 from service.api.routes.claims import actor, claim_resolved, load_claim
@@ -141,6 +142,7 @@ def _record_evidence(
     now: datetime,
 ) -> tuple[list[ClaimPhoto], set[str], schemas.TriagePublic]:
     """One transaction: originals, assessments, new triage and the audit entry."""
+    store_originals(runtime.store, list(fresh.values()))
     with transaction(runtime.sessions) as session:
         claim = load_claim(session, claim_id, key)
         # Checked again here, with the row held: a decision may have landed while the photos
@@ -149,9 +151,8 @@ def _record_evidence(
             session.refresh(claim)
             raise claim_resolved(claim, "no more evidence is accepted")
         for item, assessment in zip(fresh.values(), assessments, strict=True):
-            store_photo(
+            record_photo(
                 session,
-                store=runtime.store,
                 accepted=item,
                 window_hashes=assessment.window_hashes,
                 now=now,

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api import schemas, views
 from service.api.deps import AdminKey, ReviewerOrAdminKey, RuntimeDep
-from service.api.photo_uploads import accept_photos, read_photo_files, store_photo
+from service.api.photo_uploads import accept_photos, read_photo_files, record_photo, store_originals
 from service.api.problems import ProblemError
 from service.api.rescore import rescore_open_evidence
 from service.api.runtime import Runtime, utcnow
@@ -89,10 +89,11 @@ def store_listing_images(
         body.files, limits=runtime.settings.limits.intake_limits(), metrics=runtime.metrics
     )
     now = utcnow()
+    store_originals(runtime.store, accepted)
     with transaction(runtime.sessions) as session:
         added = []
         for item in accepted:
-            photo = store_photo(session, store=runtime.store, accepted=item, now=now)
+            photo = record_photo(session, accepted=item, now=now)
             session.flush()
             image = crud.add_listing_image(
                 session, listing_id=listing_id, photo_id=photo.photo_id, now=now
