@@ -262,6 +262,7 @@ def test_tiny_run_releases_the_file_it_calibrated_and_the_engine_serves_it(
         ]
     )
     (model_dir,) = models_dir.iterdir()
+    assert model_dir.name.endswith("-tiny")  # never taken for the release it was made beside
     # What was calibrated and evaluated is byte for byte what ships.
     assert (model_dir / "model.onnx").read_bytes() == (run_dir / "model.onnx").read_bytes()
     evaluation = json.loads((run_dir / "evaluation.json").read_text())

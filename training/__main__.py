@@ -32,6 +32,9 @@ TINY_RECIPE = {
     "eval_limit": 6,
     "tiles_intact_limit": 3,
     "warmup_steps": 1,
+    # Released under its own label: a seconds-long model must never pass for the release it was
+    # made beside (it would land in models/<name>-<version>-tiny, never over the shipped folder).
+    "version": f"{TrainConfig().version}-tiny",
 }
 
 
