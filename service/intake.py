@@ -196,12 +196,14 @@ def megabytes(count: int) -> str:
 
 def file_too_large(limits: IntakeLimits, size: int | None = None) -> PhotoRejected:
     """The refusal of a file over the byte cap; `size` when it is known (an upload stopped
-    while it streamed is only known to be larger)."""
+    while it streamed is only known to be larger) and when it reads larger than the cap (a file
+    a few bytes over 25 MB reads "25 MB" to a tenth of a MB too)."""
     limit = megabytes(limits.max_bytes)
+    shown = None if size is None else megabytes(size)
     return PhotoRejected(
         "file_too_large",
-        f"This file is {megabytes(size)}; the limit is {limit}."
-        if size is not None
+        f"This file is {shown}; the limit is {limit}."
+        if shown is not None and shown != limit
         else f"This file is larger than the {limit} limit.",
         "Upload the photo at your camera's normal size, or share it as a smaller copy.",
     )

@@ -43,7 +43,12 @@ class MemoryBudget:
         turn = object()
         with self._changed:
             self._waiting.append(turn)
-            self._changed.wait_for(lambda: self._waiting[0] is turn and self._available >= held)
+            try:
+                self._changed.wait_for(lambda: self._waiting[0] is turn and self._available >= held)
+            except BaseException:  # interrupted in line: a turn left there would block the rest
+                self._waiting.remove(turn)
+                self._changed.notify_all()
+                raise
             self._waiting.popleft()
             self._available -= held
             self._changed.notify_all()  # the next in line may fit too

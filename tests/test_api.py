@@ -425,6 +425,82 @@ def test_a_claim_awaiting_evidence_cannot_be_escalated_past_the_reviewers_reques
         assert actions.count("claim_escalated") == 1, actions
 
 
+def land_first(
+    monkeypatch: pytest.MonkeyPatch, server: ApiServer, key: str, path: str, body: Any
+) -> None:
+    """The next change of status takes the claim's row only after `key` has posted `body` to
+    `path` and it has committed: a change that lands between a route's read of the claim and
+    its hold on the row (on PostgreSQL the hold waits for the other transaction's row lock, on
+    SQLite for its write lock, and then goes on from what it read before)."""
+    hold = crud.hold_unresolved_claim
+    pending = [True]
+
+    def land_then_hold(session: Session, *, claim_id: str, now: Any) -> bool:
+        if pending:
+            pending.clear()
+            with server.client(key) as client:
+                landed = client.post(path, **body)
+            assert landed.status_code in (200, 201), landed.text
+        return hold(session, claim_id=claim_id, now=now)
+
+    monkeypatch.setattr(crud, "hold_unresolved_claim", land_then_hold)
+
+
+def test_evidence_answers_a_request_for_it_that_landed_while_it_was_recorded(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer asks for more evidence while the buyer's upload is being recorded. The upload
+    comes after the request, so it answers it and the claim goes back to `escalated`; it stayed
+    `awaiting_evidence` with its answer attached, because the upload went on from the status it
+    had read before it held the row."""
+    listing_id = new_listing(api_server)
+    claim_id = new_claim(api_server, listing_id)
+    reviewer_key, buyer_key = api_server.keys["reviewer"], api_server.keys["buyer"]
+    with api_server.client(buyer_key) as buyer:
+        assert buyer.post(f"/v1/claims/{claim_id}/escalate").status_code == 200
+    land_first(
+        monkeypatch,
+        api_server,
+        reviewer_key,
+        f"/v1/claims/{claim_id}/reviews",
+        {"json": {"decision": "request_more_evidence"}},
+    )
+    with api_server.client(buyer_key) as buyer:
+        uploaded = buyer.post(f"/v1/claims/{claim_id}/evidence", files=files(plain_jpeg(321)))
+        assert uploaded.status_code == 201, uploaded.text
+        claim = buyer.get(f"/v1/claims/{claim_id}").json()
+    assert claim["status"] == "escalated"
+    with api_server.client(reviewer_key) as reviewer:
+        audit = reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]
+    assert [event["action"] for event in audit][-2:] == ["review_recorded", "evidence_added"]
+
+
+def test_a_decision_records_the_status_it_found_when_it_held_the_claim(
+    api_server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The buyer escalates while a reviewer asks for more evidence: the request comes after the
+    escalation, so its audit entry says it moved the claim from `escalated`, and the triage it
+    writes counts the escalation (both came from the claim as read before the row was held)."""
+    listing_id = new_listing(api_server)
+    claim_id = new_claim(api_server, listing_id)
+    land_first(
+        monkeypatch,
+        api_server,
+        api_server.keys["buyer"],
+        f"/v1/claims/{claim_id}/escalate",
+        {},
+    )
+    with api_server.client(api_server.keys["reviewer"]) as reviewer:
+        asked = reviewer.post(
+            f"/v1/claims/{claim_id}/reviews", json={"decision": "request_more_evidence"}
+        )
+        assert asked.status_code == 201, asked.text
+        audit = reviewer.get(f"/v1/claims/{claim_id}/audit").json()["data"]
+    [recorded] = [event["detail"] for event in audit if event["action"] == "review_recorded"]
+    assert (recorded["from_status"], recorded["to_status"]) == ("escalated", "awaiting_evidence")
+    assert "escalated" in reviewer_reasons(api_server, claim_id)
+
+
 def test_a_retried_upload_changes_nothing_and_records_nothing(api_server: ApiServer) -> None:
     """A buyer's app retries an upload whose response it lost: the photos are already evidence,
     so the claim and its audit trail stay as they were (an empty `evidence_added` entry was

@@ -367,3 +367,14 @@ def test_the_byte_cap_is_named_as_its_configuration_says() -> None:
     """25 * 2**20 bytes is "25 MB" in every message (it read 26 MB here and 26.2 MB in the API)."""
     refusal = file_too_large(IntakeLimits(max_bytes=25 * 2**20), 30 * 2**20)
     assert refusal.message == "This file is 30 MB; the limit is 25 MB."
+
+
+def test_a_file_just_over_the_byte_cap_does_not_read_as_the_cap_itself() -> None:
+    """Sizes are shown to a tenth of a MB, so a file a few bytes over the cap read "This file is
+    25 MB; the limit is 25 MB."; such a file is said to be larger than the limit."""
+    limits = IntakeLimits(max_bytes=25 * 2**20)
+    refusal = file_too_large(limits, limits.max_bytes + 1)
+    assert refusal.message == "This file is larger than the 25 MB limit."
+    assert rejection(b"\xff\xd8\xff" + b"\x00" * limits.max_bytes, limits=limits).message == (
+        refusal.message
+    )

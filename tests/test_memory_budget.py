@@ -96,3 +96,23 @@ def test_a_decode_holds_its_decoded_size_from_the_budget(monkeypatch: pytest.Mon
     assert held[0] == 1600 * 1200 * DECODE_PEAK_BYTES_PER_PIXEL
     # 1/2 scale is the smallest that still covers 448 px on the long side: 800x600.
     assert held[1] == 800 * 600 * DECODE_PEAK_BYTES_PER_PIXEL
+
+
+def test_a_waiter_interrupted_in_line_leaves_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wait cut short (Ctrl-C in the thread that waits) left its turn at the head of the line,
+    and every later hold then waited for ever behind a turn nobody would take."""
+    budget = MemoryBudget(100)
+    first_holding, first_release = start_holding(budget, 60)
+    assert first_holding.wait(WAIT_S)
+
+    def interrupted(*_: object, **__: object) -> bool:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(budget._changed, "wait_for", interrupted)
+        with pytest.raises(KeyboardInterrupt), budget.hold(50):
+            pass
+    first_release.set()
+    second_holding, second_release = start_holding(budget, 50)
+    assert second_holding.wait(WAIT_S)
+    second_release.set()

@@ -156,11 +156,10 @@ def escalate(
         return
     if claim.status == "awaiting_evidence":
         raise evidence_requested(claim)
-    if not crud.hold_unresolved_claim(session, claim_id=claim.claim_id, now=now):
-        # A decision landed since the claim was read: `escalated` must not overwrite it.
-        session.refresh(claim)
+    held = crud.hold_unresolved_claim(session, claim_id=claim.claim_id, now=now)
+    session.refresh(claim)  # read again with the row held: a decision or a request may have landed
+    if not held:  # a decision: `escalated` must not overwrite it
         raise claim_resolved(claim, "it cannot be escalated")
-    session.refresh(claim)  # read again with the row held: a request for evidence may have landed
     if claim.status == "awaiting_evidence":
         raise evidence_requested(claim)
     previous = claim.status
@@ -309,9 +308,11 @@ def review_claim(
         claim = load_claim(session, claim_id, key)
         if claim.status == "resolved":
             raise claim_resolved(claim, "it cannot be reviewed again")
-        if not crud.hold_unresolved_claim(session, claim_id=claim_id, now=now):
-            # Another reviewer's decision landed since the claim was read.
-            session.refresh(claim)
+        held = crud.hold_unresolved_claim(session, claim_id=claim_id, now=now)
+        # Read again with the row held: what is recorded (the status it leaves, the triage)
+        # must be of the claim as it is now, after an escalation or a request that landed.
+        session.refresh(claim)
+        if not held:  # another reviewer's decision landed since the claim was read
             raise claim_resolved(claim, "it cannot be reviewed again")
         evidence = {photo.photo_id for photo in crud.claim_photos(session, claim_id=claim_id)}
         unknown = [label.photo_id for label in body.labels if label.photo_id not in evidence]

@@ -146,9 +146,11 @@ def _record_evidence(
     with transaction(runtime.sessions) as session:
         claim = load_claim(session, claim_id, key)
         # Checked again here, with the row held: a decision may have landed while the photos
-        # were being scored, and evidence must neither join a decided claim nor reopen it.
-        if not crud.hold_unresolved_claim(session, claim_id=claim_id, now=now):
-            session.refresh(claim)
+        # were being scored, and evidence must neither join a decided claim nor reopen it; a
+        # request for evidence that landed is answered by these photos.
+        held = crud.hold_unresolved_claim(session, claim_id=claim_id, now=now)
+        session.refresh(claim)
+        if not held:
             raise claim_resolved(claim, "no more evidence is accepted")
         for item, assessment in zip(fresh.values(), assessments, strict=True):
             record_photo(
