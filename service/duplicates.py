@@ -10,7 +10,9 @@ without 10% of one edge, and without 10% of two adjacent edges. A copy cropped f
 hashes, whole, like one of those windows, and a lookup needs only the upload's whole-frame hash
 (querying with windows of the upload too would multiply the chances of a false match). It is
 also indexed under its mirror image and quarter turns (`FLIPPED_WINDOWS`), computed from the
-same DCT coefficients, so a flipped or turned copy is found by the same lookup.
+same DCT coefficients, so a flipped or turned copy is found by the same lookup, and under its
+whole frame tilted a few degrees either way (`TILTS`), so a copy turned a little and trimmed
+level is found too.
 
 `DuplicateIndex` answers "which stored hashes are within `max_distance` bits of this one?" with
 multi-index hashing (Norouzi et al., 2012): the 64 bits are cut into three chunks of 21-22 bits,
@@ -136,7 +138,8 @@ def perceptual_hash(image: Image.Image) -> int:
 
 def photo_windows(image: Image.Image) -> tuple[int, ...]:
     """What a photo is stored under: the hashes of every window in WINDOWS, whole frame first,
-    then of every (flip, window) in FLIPPED_WINDOWS (HASHES_PER_PHOTO in all)."""
+    then of every (flip, window) in FLIPPED_WINDOWS, then of the whole frame turned by each of
+    TILTS (`tilted_frames`); HASHES_PER_PHOTO in all."""
     width, height = image.size
     grey = image.convert("L")
     lows = {

@@ -10,15 +10,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 from service.api.problems import ProblemError
+from service.api.schemas import CONTROL_CHARACTER
 
 # Positions hold a priority, an INTEGER column (32 bits on PostgreSQL).
 _INT32 = range(-(2**31), 2**31)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def encode_cursor(*values: Any) -> str:
@@ -38,7 +37,7 @@ def _plain(value: Any, kind: type) -> bool:
         return False
     if isinstance(value, int):
         return value in _INT32
-    return not (isinstance(value, str) and _CONTROL.search(value))
+    return not (isinstance(value, str) and CONTROL_CHARACTER.search(value))
 
 
 def decode_cursor(cursor: str, *, shape: tuple[type, ...]) -> tuple[Any, ...]:

@@ -3,6 +3,7 @@ XsPublic (a page: data, count, next_cursor)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -22,7 +23,10 @@ EXAMPLE_PHOTO_ID = "9f2c1e5b0a7d4c3e8b6f1a2d3c4e5f60718293a4b5c6d7e8f90a1b2c3d4e
 _IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # Text without control characters: none belongs in an id or a one-line field, and PostgreSQL
 # refuses NUL in text outright (a 500 instead of a 422). Free text may keep tabs and line breaks.
-ONE_LINE = r"^[^\x00-\x1f\x7f]*$"
+_CONTROL_CHARACTERS = r"\x00-\x1f\x7f"
+ONE_LINE = rf"^[^{_CONTROL_CHARACTERS}]*$"
+# The same characters found anywhere in a text (form fields, cursor values).
+CONTROL_CHARACTER = re.compile(rf"[{_CONTROL_CHARACTERS}]")
 FREE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 

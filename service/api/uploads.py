@@ -11,7 +11,6 @@ one.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -21,13 +20,13 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.api.body_cap import use_own_body_caps
 from service.api.problems import ProblemError
+from service.api.schemas import CONTROL_CHARACTER
 from service.intake import megabytes
 
 MAX_FIELD_BYTES = 1024
 MAX_FIELDS = 8
 MAX_FILENAME_LENGTH = 255
 # Form fields hold ids: no control character belongs in one (and PostgreSQL refuses NUL).
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Dropped from filenames: control and format characters (bidi overrides make `gpj.exe` look
 # like `exe.jpg`) and line or paragraph separators.
 _UNPRINTABLE = {"Cc", "Cf", "Zl", "Zp"}
@@ -167,7 +166,7 @@ class _Collector:
             self.body.files.append(UploadedFile(self._name, self._filename, bytes(self._buffer)))
         else:
             value = self._buffer.decode("utf-8", "replace")
-            if _CONTROL.search(value):
+            if CONTROL_CHARACTER.search(value):
                 raise ProblemError(
                     422,
                     "invalid_form_field",
