@@ -344,6 +344,32 @@ def test_a_claim_that_fails_to_load_replaces_the_one_on_screen_and_r_tries_again
     assert {claim_id: api_audit(server, claim_id) for claim_id in (first, second)} == before
 
 
+def test_a_claim_that_failed_to_load_and_was_decided_meanwhile_leaves_nothing_open(
+    open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
+) -> None:
+    """Its load failed, then another reviewer decided it: r reloads a queue without it, and
+    the page says no claim is selected instead of asking to try again."""
+    first, second = (claim["claim_id"] for claim in api_queue(server)[:2])
+    page = open_page()
+    failing = f"**/v1/claims/{second}"
+    page.route(failing, lambda route: route.abort())
+    sign_in(page, server.keys["reviewer"])
+    page.locator("#queue-list .queue-item").first.wait_for()
+    page.keyboard.press("j")
+    page.locator("#detail-body .detail-sub", has_text=first).wait_for()
+    page.keyboard.press("j")
+    page.locator("#placeholder-title", has_text="could not be opened").wait_for()
+    page.unroute(failing)
+    with server.client(server.keys["reviewer"]) as reviewer:
+        decided = reviewer.post(f"/v1/claims/{second}/reviews", json={"decision": "reject"})
+    assert decided.status_code == 201, decided.text
+    page.keyboard.press("r")
+    page.locator("#placeholder-title", has_text="No claim selected").wait_for()
+    assert second not in rendered_queue(page)
+    page.keyboard.press("4")
+    page.locator(".toast", has_text="Select a claim first").wait_for()
+
+
 def test_a_refused_key_shows_the_problem_and_asks_again(
     open_page: Callable[..., Any], server: ApiServer, seeded: dict[str, Any]
 ) -> None:

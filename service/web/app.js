@@ -228,7 +228,15 @@ async function loadQueue({ append = false } = {}) {
 /** Reload the queue, and the selected claim too where its detail failed to load. */
 async function refresh() {
   await loadQueue();
-  if (state.failedClaimId && state.selected >= 0) await select(state.selected);
+  if (!state.failedClaimId) return;
+  if (state.selected >= 0) {
+    await select(state.selected);
+  } else {
+    // The claim that failed to load has left the queue (decided elsewhere): nothing is open.
+    state.failedClaimId = null;
+    $("placeholder-title").textContent = "No claim selected";
+    $("placeholder-hint").textContent = "Choose a claim in the queue, or press j to start.";
+  }
 }
 
 function queueItem(claim, index) {
