@@ -4,7 +4,10 @@ recovers without a restart once the fault is gone."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -13,6 +16,8 @@ from api_server import TEST_LIMITS, ApiServer, run_api_server
 
 from service.auth import Role
 from service.config import Settings
+from service.db import session
+from service.db.session import database_reachable, make_engine
 
 
 @pytest.fixture
@@ -75,3 +80,47 @@ def test_an_unreachable_database_is_a_503_until_it_is_back(server: ApiServer) ->
             away.rename(database_folder)
         assert reviewer.get("/readyz").status_code == 200
         assert reviewer.get("/v1/queue").status_code == 200
+
+
+@contextmanager
+def silent_database_server() -> Iterator[int]:
+    """A port that accepts TCP connections and never answers: a hung PostgreSQL, or a proxy in
+    front of one that is gone. Yields the port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stopping.is_set():
+            with suppress(TimeoutError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stopping.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        listener.close()
+
+
+def test_a_database_that_never_answers_is_not_ready_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("psycopg")
+    monkeypatch.setattr(session, "CONNECT_TIMEOUT_SECONDS", 1)
+    with silent_database_server() as port:
+        engine = make_engine(f"postgresql+psycopg://triage@127.0.0.1:{port}/triage")
+        answers: list[bool] = []
+        # In a thread: without a connect timeout the check waits for as long as the server does.
+        check = threading.Thread(target=lambda: answers.append(database_reachable(engine)))
+        check.start()
+        check.join(timeout=10)
+        assert answers == [False], "/readyz would hang, and every request with it"
+        engine.dispose()
