@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -28,6 +29,11 @@ from service.config import Settings, UploadLimits
 from service.db import crud
 from service.db.migrate import upgrade_to_head
 from service.db.session import make_engine, make_session_factory, transaction
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from service.api.runtime import Runtime
 
 POSTGRES_ENV = "TRIAGE_TEST_POSTGRES_URL"
 # Small caps so that "too large" and "too many" are cheap to provoke in tests.
@@ -72,7 +78,14 @@ def free_port() -> int:
 class ApiServer:
     base_url: str
     settings: Settings
+    app: FastAPI
     keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The serving process's runtime (database engine, caches, model), for tests that
+        reach under the API, e.g. to make its database unreachable."""
+        return self.app.state.runtime
 
     def create_key(self, role: Role, name: str = "test") -> str:
         engine = make_engine(self.settings.resolved_database_url)
@@ -98,9 +111,10 @@ def run_api_server(settings: Settings) -> Iterator[ApiServer]:
     upgrade_to_head(engine)  # so keys can be made before the server's own start-up
     engine.dispose()
     port = free_port()
+    app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings),
+            app,
             host="127.0.0.1",
             port=port,
             log_level="warning",
@@ -116,7 +130,7 @@ def run_api_server(settings: Settings) -> Iterator[ApiServer]:
             raise RuntimeError("the API server did not start (see the log above)")
         time.sleep(0.02)
     try:
-        yield ApiServer(base_url=f"http://127.0.0.1:{port}", settings=settings)
+        yield ApiServer(base_url=f"http://127.0.0.1:{port}", settings=settings, app=app)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

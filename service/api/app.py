@@ -19,7 +19,7 @@ import service
 from service.api.body_cap import BodyCapMiddleware
 from service.api.logs import RequestIdMiddleware, configure_logging
 from service.api.metrics import MetricsMiddleware
-from service.api.problems import install_problem_handlers
+from service.api.problems import UnhandledErrorMiddleware, install_problem_handlers
 from service.api.refresher import BackgroundRefresher
 from service.api.routes import claims, evidence, health, listings, model, photos, queue
 from service.api.runtime import Runtime
@@ -90,6 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def home() -> RedirectResponse:
             return RedirectResponse("/review/")
 
+    # Innermost: its 500 passes through the metrics, the request id and the security headers.
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodyCapMiddleware, max_bytes=settings.limits.max_json_bytes)
     app.add_middleware(_LateMetrics, owner=app)
     app.add_middleware(RequestIdMiddleware)

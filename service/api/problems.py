@@ -1,8 +1,12 @@
 """Errors as RFC 9457 problem documents (application/problem+json).
 
 Routes raise `ProblemError`; the handlers here turn it, FastAPI's validation errors, unknown
-routes and unexpected exceptions into the same document shape, with the request id so that a
-client's report can be found in the logs.
+routes, a database that cannot be reached (503, to retry) and unexpected exceptions into the same
+document shape, with the request id so that a client's report can be found in the logs.
+
+Unexpected exceptions are answered by `UnhandledErrorMiddleware`, inside the middleware stack:
+Starlette runs a handler registered for `Exception` outside every middleware, after the request
+id is gone, so its 500 carried `request_id: null`, no `X-Request-ID` and no security headers.
 """
 
 from __future__ import annotations
@@ -13,12 +17,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.logs import current_request_id
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:evidence-triage:problem:"
+# Seconds a client is asked to wait (Retry-After) when the database cannot be reached.
+DATABASE_RETRY_AFTER_SECONDS = 5
 logger = logging.getLogger("service.api")
 
 
@@ -65,6 +74,45 @@ def problem_response(
     }
     body.update(extensions)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def internal_error(request: Request) -> JSONResponse:
+    return problem_response(
+        request,
+        status=500,
+        code="internal_error",
+        title="Internal error",
+        detail="Something went wrong on our side; quote the request id when reporting it.",
+    )
+
+
+class UnhandledErrorMiddleware:
+    """Answers an exception that no handler took with the 500 problem document (and logs it
+    once), inside the middleware that sets the request id and the security headers. Pure ASGI,
+    so streamed upload bodies pass through untouched. An exception after the response started
+    is left to the server: the client has a status already."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception:
+            if started:
+                raise
+            logger.exception("unhandled error", extra={"path": scope["path"]})
+            await internal_error(Request(scope))(scope, receive, send)
 
 
 def _validation_errors(error: RequestValidationError) -> list[dict[str, Any]]:
@@ -128,13 +176,29 @@ def install_problem_handlers(app: FastAPI) -> None:
             headers=getattr(error, "headers", None),
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        logger.exception("unhandled error", extra={"path": request.url.path})
+    async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
+        # A connection refused or dropped, a pool exhausted, SQLite's lock wait run out: the
+        # request may succeed once the database is back (/readyz says when), so 503, not a 500,
+        # and one log line each, not a traceback per request for as long as an outage lasts.
+        logger.warning(
+            "database unavailable",
+            extra={"path": request.url.path, "error": str(getattr(error, "orig", None) or error)},
+        )
         return problem_response(
             request,
-            status=500,
-            code="internal_error",
-            title="Internal error",
-            detail="Something went wrong on our side; quote the request id when reporting it.",
+            status=503,
+            code="database_unavailable",
+            title="Database unavailable",
+            detail="The database cannot be reached right now; try again shortly (GET /readyz "
+            "says when it is back).",
+            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
         )
+
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(PoolTimeoutError, _database_unavailable)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        # Only for an error in the middleware outside `UnhandledErrorMiddleware`.
+        logger.exception("unhandled error", extra={"path": request.url.path})
+        return internal_error(request)

@@ -11,6 +11,13 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+# How long a new PostgreSQL connection may take (libpq's connect_timeout; a URL's own
+# `?connect_timeout=` wins). Without one, a server or proxy that accepts the connection and never
+# answers holds /readyz and every request that needs a connection for as long as it stays silent,
+# each in a worker thread, until the thread pool is used up; with one they fail, /readyz says
+# not ready and requests get 503 (service.api.problems).
+CONNECT_TIMEOUT_SECONDS = 5
+
 
 def _configure_sqlite(dbapi_connection: Any, _record: object) -> None:
     cursor = dbapi_connection.cursor()
@@ -31,7 +38,12 @@ def make_engine(database_url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    connect_args = (
+        {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    )
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -1,0 +1,126 @@
+"""The running service under operational faults: what a client gets when something goes wrong
+under the routes (an unexpected error, a database that cannot be reached), and that the service
+recovers without a restart once the fault is gone."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import httpx
+import pytest
+from api_server import TEST_LIMITS, ApiServer, run_api_server
+
+from service.auth import Role
+from service.config import Settings
+from service.db import session
+from service.db.session import database_reachable, make_engine
+
+
+@pytest.fixture
+def server(tmp_path: Path, tiny_model_dir: Path) -> Iterator[ApiServer]:
+    """A server whose SQLite database lies in a folder of its own, apart from the data folder,
+    so that a test can take the database away (rename its folder) and give it back."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url=f"sqlite:///{tmp_path / 'db' / 'triage.sqlite3'}",
+        model_dir=tiny_model_dir,
+        limits=TEST_LIMITS,
+    )
+    with run_api_server(settings) as running:
+        running.keys["reviewer"] = running.create_key(Role.reviewer, "reviewer")
+        yield running
+
+
+def assert_problem_of_this_request(response: httpx.Response, status: int, code: str) -> dict:
+    """A problem document that a client can report: its request id is the response's own, and
+    it went through the middleware that every response passes (security headers)."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == code
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    return body
+
+
+def test_an_unexpected_error_is_answered_with_the_request_id_to_quote(
+    server: ApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> dict[str, bool]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server.runtime, "ready", broken)
+    with server.client() as anyone:
+        response = anyone.get("/readyz", headers={"X-Request-ID": "ops-500"})
+    body = assert_problem_of_this_request(response, 500, "internal_error")
+    assert body["request_id"] == "ops-500"
+    assert "quote the request id" in body["detail"]
+
+
+def test_an_unreachable_database_is_a_503_until_it_is_back(server: ApiServer) -> None:
+    database_folder = Path(server.settings.resolved_database_url.removeprefix("sqlite:///")).parent
+    away = database_folder.with_name("db-away")
+    with server.client(server.keys["reviewer"]) as reviewer:
+        assert reviewer.get("/v1/queue").status_code == 200
+        # The database goes away: pooled connections closed, the file no longer openable.
+        server.runtime.db_engine.dispose()
+        database_folder.rename(away)
+        try:
+            ready = reviewer.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["checks"] == {"model": True, "database": False}
+            refused = reviewer.get("/v1/queue")
+            assert_problem_of_this_request(refused, 503, "database_unavailable")
+            assert int(refused.headers["retry-after"]) > 0
+        finally:
+            away.rename(database_folder)
+        assert reviewer.get("/readyz").status_code == 200
+        assert reviewer.get("/v1/queue").status_code == 200
+
+
+@contextmanager
+def silent_database_server() -> Iterator[int]:
+    """A port that accepts TCP connections and never answers: a hung PostgreSQL, or a proxy in
+    front of one that is gone. Yields the port."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stopping = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stopping.is_set():
+            with suppress(TimeoutError):
+                accepted.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stopping.set()
+        thread.join()
+        for connection in accepted:
+            connection.close()
+        listener.close()
+
+
+def test_a_database_that_never_answers_is_not_ready_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("psycopg")
+    monkeypatch.setattr(session, "CONNECT_TIMEOUT_SECONDS", 1)
+    with silent_database_server() as port:
+        engine = make_engine(f"postgresql+psycopg://triage@127.0.0.1:{port}/triage")
+        answers: list[bool] = []
+        # In a thread: without a connect timeout the check waits for as long as the server does.
+        check = threading.Thread(target=lambda: answers.append(database_reachable(engine)))
+        check.start()
+        check.join(timeout=10)
+        assert answers == [False], "/readyz would hang, and every request with it"
+        engine.dispose()
