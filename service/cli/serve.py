@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+GRACEFUL_SHUTDOWN_SECONDS = 20
+
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -24,7 +26,16 @@ def serve(
         err=True,
     )
     # Our middleware writes the access log as JSON with the request id, so uvicorn's is off.
-    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        access_log=False,
+        log_config=None,
+        # On SIGTERM, requests in flight get this long to finish (an upload takes well under a
+        # second); without it uvicorn waits for them indefinitely, past any orchestrator's grace.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
 
 
 def register(app: typer.Typer) -> None:
