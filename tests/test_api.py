@@ -425,6 +425,25 @@ def test_a_claim_awaiting_evidence_cannot_be_escalated_past_the_reviewers_reques
         assert actions.count("claim_escalated") == 1, actions
 
 
+def test_an_admin_may_escalate_a_claim_awaiting_evidence(api_server: ApiServer) -> None:
+    """design.md gives escalation to the owner and admins: an admin puts a claim awaiting
+    evidence back in the queue without it, the first escalation's time kept."""
+    listing_id = new_listing(api_server)
+    claim_id = new_claim(api_server, listing_id)
+    reviewer_key, buyer_key = api_server.keys["reviewer"], api_server.keys["buyer"]
+    with api_server.client(reviewer_key) as reviewer, api_server.client(buyer_key) as buyer:
+        first = buyer.post(f"/v1/claims/{claim_id}/escalate").json()
+        asked = reviewer.post(
+            f"/v1/claims/{claim_id}/reviews", json={"decision": "request_more_evidence"}
+        )
+        assert asked.json()["claim_status"] == "awaiting_evidence", asked.text
+    with api_server.client(api_server.keys["admin"]) as admin:
+        escalated = admin.post(f"/v1/claims/{claim_id}/escalate")
+    assert escalated.status_code == 200, escalated.text
+    assert escalated.json()["status"] == "escalated"
+    assert escalated.json()["escalated_at"] == first["escalated_at"]
+
+
 def land_first(
     monkeypatch: pytest.MonkeyPatch, server: ApiServer, key: str, path: str, body: Any
 ) -> None:

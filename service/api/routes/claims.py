@@ -148,23 +148,27 @@ def escalate(
 ) -> None:
     """Move the claim to `escalated` (idempotent) and record it (also used by `triage demo`).
 
-    Not while a reviewer's request for more evidence is open (`awaiting_evidence`): new evidence
-    answers it, and the claim goes back to `escalated` then (its first escalation time kept)."""
+    A buyer may not while a reviewer's request for more evidence is open (`awaiting_evidence`):
+    new evidence answers it, and the claim goes back to `escalated` then. An admin may (design.md
+    gives escalation to the owner and admins), to put a claim back in the queue without it. The
+    first escalation's time is kept either way: the deadline and priority count from it."""
+    # Only a buyer waits for the evidence asked of them; an admin overrides the request.
+    waits_for_evidence = key.role != Role.admin
     if claim.status == "resolved":
         raise claim_resolved(claim, "it cannot be escalated")
     if claim.status == "escalated":
         return
-    if claim.status == "awaiting_evidence":
+    if claim.status == "awaiting_evidence" and waits_for_evidence:
         raise evidence_requested(claim)
     held = crud.hold_unresolved_claim(session, claim_id=claim.claim_id, now=now)
     session.refresh(claim)  # read again with the row held: a decision or a request may have landed
     if not held:  # a decision: `escalated` must not overwrite it
         raise claim_resolved(claim, "it cannot be escalated")
-    if claim.status == "awaiting_evidence":
+    if claim.status == "awaiting_evidence" and waits_for_evidence:
         raise evidence_requested(claim)
     previous = claim.status
     claim.status = "escalated"
-    claim.escalated_at = now
+    claim.escalated_at = claim.escalated_at or now
     claim.updated_at = now
     retriage(session, claim, policy=policy, now=now)
     crud.record_audit(
