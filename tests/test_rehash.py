@@ -185,8 +185,12 @@ def test_rescore_scores_open_evidence_of_an_earlier_model_again(api_server: ApiS
         "TRIAGE_DATABASE_URL": settings.resolved_database_url,
         "TRIAGE_MODEL_DIR": str(settings.model_dir),
     }
+    record_before = settings.start_up_record_path.read_bytes()
     result = CliRunner().invoke(app, ["evidence", "rescore"], env=env)
     assert result.exit_code == 0, result.output
+    # The servers' start-up maintenance (re-triage of every open claim with this command's own
+    # settings, cache sweeps) is not run by the command.
+    assert settings.start_up_record_path.read_bytes() == record_before
     with sessions() as session:
         [row] = session.scalars(select(ClaimPhoto).where(ClaimPhoto.claim_id == claim_id))
         audit = [event.action for event in crud.audit_trail(session, claim_id=claim_id)]

@@ -144,7 +144,11 @@ class Runtime:
     _listing_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def start(cls, settings: Settings) -> Runtime:
+    def start(cls, settings: Settings, *, maintain: bool = True) -> Runtime:
+        """Open the database, load the model and build the duplicate index; with `maintain`
+        (every server process), also the start-up maintenance. A command that only needs the
+        runtime for its own work (`triage evidence rescore`) leaves it to the servers: it would
+        re-triage every open claim with the command's own settings."""
         # Start-up maintenance done by another process after this moment is not done again.
         generation_at_start = generation_of(read_record(settings.start_up_record_path))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -175,16 +179,20 @@ class Runtime:
             ),
         )
         runtime.sync_duplicate_index(force=True)
-        maintenance = maintain_once_per_start(
-            runtime.start_up_maintenance,
-            lock_path=settings.refresh_lock_path,
-            record_path=settings.start_up_record_path,
-            fingerprint=maintenance_fingerprint(
-                database_url=settings.resolved_database_url,
-                policy=policy,
-                model_version=scoring.model_version,
-            ),
-            generation_at_start=generation_at_start,
+        maintenance = (
+            maintain_once_per_start(
+                runtime.start_up_maintenance,
+                lock_path=settings.refresh_lock_path,
+                record_path=settings.start_up_record_path,
+                fingerprint=maintenance_fingerprint(
+                    database_url=settings.resolved_database_url,
+                    policy=policy,
+                    model_version=scoring.model_version,
+                ),
+                generation_at_start=generation_at_start,
+            )
+            if maintain
+            else None
         )
         logger.info(
             "started",

@@ -73,7 +73,8 @@ def rescore() -> None:
     from service.db import crud
 
     console = Console(stderr=True)
-    runtime = Runtime.start(Settings())
+    # The servers do their own start-up maintenance; this command only scores.
+    runtime = Runtime.start(Settings(), maintain=False)
     try:
         with console.status(f"Scoring open evidence again with {runtime.model_version}..."):
             claims = rescore_open_evidence(
