@@ -4,6 +4,7 @@ recovers without a restart once the fault is gone."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -48,7 +49,7 @@ def assert_problem_of_this_request(response: httpx.Response, status: int, code: 
 
 
 def test_an_unexpected_error_is_answered_with_the_request_id_to_quote(
-    server: ApiServer, monkeypatch: pytest.MonkeyPatch
+    server: ApiServer, monkeypatch: pytest.MonkeyPatch, error_log: list[logging.LogRecord]
 ) -> None:
     def broken() -> dict[str, bool]:
         raise RuntimeError("a bug")
@@ -59,9 +60,14 @@ def test_an_unexpected_error_is_answered_with_the_request_id_to_quote(
     body = assert_problem_of_this_request(response, 500, "internal_error")
     assert body["request_id"] == "ops-500"
     assert "quote the request id" in body["detail"]
+    [logged] = error_log  # once, with its traceback: not again by the server
+    assert (logged.levelname, logged.getMessage()) == ("ERROR", "unhandled error")
+    assert logged.exc_info and isinstance(logged.exc_info[1], RuntimeError)
 
 
-def test_an_unreachable_database_is_a_503_until_it_is_back(server: ApiServer) -> None:
+def test_an_unreachable_database_is_a_503_until_it_is_back(
+    server: ApiServer, error_log: list[logging.LogRecord]
+) -> None:
     database_folder = Path(server.settings.resolved_database_url.removeprefix("sqlite:///")).parent
     away = database_folder.with_name("db-away")
     with server.client(server.keys["reviewer"]) as reviewer:
@@ -76,6 +82,8 @@ def test_an_unreachable_database_is_a_503_until_it_is_back(server: ApiServer) ->
             refused = reviewer.get("/v1/queue")
             assert_problem_of_this_request(refused, 503, "database_unavailable")
             assert int(refused.headers["retry-after"]) > 0
+            [logged] = error_log  # one line, without a traceback
+            assert (logged.levelname, logged.exc_info) == ("WARNING", None)
         finally:
             away.rename(database_folder)
         assert reviewer.get("/readyz").status_code == 200
@@ -124,3 +132,39 @@ def test_a_database_that_never_answers_is_not_ready_within_the_connect_timeout(
         check.join(timeout=10)
         assert answers == [False], "/readyz would hang, and every request with it"
         engine.dispose()
+
+
+@pytest.fixture
+def error_log() -> Iterator[list[logging.LogRecord]]:
+    """What the service and the server log at WARNING and above while the test runs (the
+    service's own error lines and uvicorn's for an exception that got out of the app)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    loggers = [logging.getLogger(name) for name in ("service.api", "uvicorn.error")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def test_a_missing_table_is_a_bug_not_an_unreachable_database(
+    server: ApiServer, error_log: list[logging.LogRecord]
+) -> None:
+    """SQLite reports a table that is not there (a migration not applied, a typo in a query) as
+    an OperationalError, like a database it cannot open. That is a 500 with its traceback logged
+    once, not a 503 that tells clients to retry while /readyz says ready and the log holds one
+    warning line without a traceback."""
+    with server.runtime.db_engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE claims RENAME TO claims_away")
+    with server.client(server.keys["reviewer"]) as reviewer:
+        assert reviewer.get("/readyz").status_code == 200
+        response = reviewer.get("/v1/queue")
+    assert_problem_of_this_request(response, 500, "internal_error")
+    assert "retry-after" not in response.headers
+    [logged] = error_log
+    assert (logged.levelname, logged.getMessage()) == ("ERROR", "unhandled error")
+    assert logged.exc_info and "no such table" in str(logged.exc_info[1])

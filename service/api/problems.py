@@ -28,6 +28,10 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:evidence-triage:problem:"
 # Seconds a client is asked to wait (Retry-After) when the database cannot be reached.
 DATABASE_RETRY_AFTER_SECONDS = 5
+# SQLite's generic result code, which its driver raises as an OperationalError like an outage:
+# a table or column that is not there, a syntax error. A bug or a missing migration, not an
+# outage (PostgreSQL raises those as ProgrammingError).
+_SQLITE_ERROR = 1
 logger = logging.getLogger("service.api")
 
 
@@ -137,6 +141,13 @@ _STATUS_CODES = {
 }
 
 
+def _database_unreachable(error: Exception) -> bool:
+    """Whether a database error says the database cannot be reached now, rather than that the
+    query is wrong (SQLite's SQLITE_ERROR: no such table, a syntax error)."""
+    code = getattr(getattr(error, "orig", None), "sqlite_errorcode", None)
+    return code is None or code & 0xFF != _SQLITE_ERROR
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, error: ProblemError) -> JSONResponse:
@@ -180,6 +191,9 @@ def install_problem_handlers(app: FastAPI) -> None:
         # A connection refused or dropped, a pool exhausted, SQLite's lock wait run out: the
         # request may succeed once the database is back (/readyz says when), so 503, not a 500,
         # and one log line each, not a traceback per request for as long as an outage lasts.
+        if not _database_unreachable(error):
+            logger.error("unhandled error", exc_info=error, extra={"path": request.url.path})
+            return internal_error(request)
         logger.warning(
             "database unavailable",
             extra={"path": request.url.path, "error": str(getattr(error, "orig", None) or error)},
