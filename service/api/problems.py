@@ -203,8 +203,8 @@ def install_problem_handlers(app: FastAPI) -> None:
             status=503,
             code="database_unavailable",
             title="Database unavailable",
-            detail="The database cannot be reached right now; try again shortly (GET /readyz "
-            "says when it is back).",
+            detail="The database cannot be reached or is too busy right now; try again shortly "
+            "(GET /readyz says when it is reachable).",
             headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
         )
 

@@ -151,7 +151,8 @@ def escalate(
     A buyer may not while a reviewer's request for more evidence is open (`awaiting_evidence`):
     new evidence answers it, and the claim goes back to `escalated` then. An admin may (design.md
     gives escalation to the owner and admins), to put a claim back in the queue without it. The
-    first escalation's time is kept either way: the deadline and priority count from it."""
+    first escalation's time is kept either way: it records when the buyer first asked for the
+    platform (the deadline counts from `opened_at`)."""
     # Only a buyer waits for the evidence asked of them; an admin overrides the request.
     waits_for_evidence = key.role != Role.admin
     if claim.status == "resolved":
