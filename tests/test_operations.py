@@ -168,3 +168,32 @@ def test_a_missing_table_is_a_bug_not_an_unreachable_database(
     [logged] = error_log
     assert (logged.levelname, logged.getMessage()) == ("ERROR", "unhandled error")
     assert logged.exc_info and "no such table" in str(logged.exc_info[1])
+
+
+def test_a_client_that_goes_away_mid_upload_is_no_server_error(
+    server: ApiServer, error_log: list[logging.LogRecord]
+) -> None:
+    """A buyer's app cancels an upload halfway: nothing is wrong in the service, so no error is
+    logged, and the request is counted as a 499 (client closed request), not a 500."""
+    buyer = server.create_key(Role.buyer, "buyer")
+    host, port = server.base_url.removeprefix("http://").split(":")
+    boundary = "cut-short"
+    head = (
+        f"POST /v1/evidence/check HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {buyer}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        "Content-Length: 200000\r\n\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(head + b"\xff\xd8\xff" + b"\0" * 1000)
+    counted = ""
+    for _ in range(200):  # the server notices the closed connection on its own time
+        with server.client() as anyone:
+            counted = anyone.get("/metrics").text
+        if 'status="499"' in counted:
+            break
+        threading.Event().wait(0.05)
+    assert 'status="499"' in counted
+    assert not [record for record in error_log if record.levelno >= logging.ERROR]

@@ -20,12 +20,15 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.logs import current_request_id
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:evidence-triage:problem:"
+# The status recorded for a request whose client went away before it was answered (nginx's).
+CLIENT_CLOSED_REQUEST = 499
 # Seconds a client is asked to wait (Retry-After) when the database cannot be reached.
 DATABASE_RETRY_AFTER_SECONDS = 5
 # SQLite's generic result code, which its driver raises as an OperationalError like an outage:
@@ -112,6 +115,14 @@ class UnhandledErrorMiddleware:
 
         try:
             await self.app(scope, receive, send_noting_start)
+        except ClientDisconnect:
+            # The client went away while its body was read (an upload cancelled): nobody is
+            # left to answer and nothing is wrong here. The answer the server drops is a 499
+            # (nginx's "client closed request"), so the access log and metrics say so.
+            logger.info("client disconnected", extra={"path": scope["path"]})
+            if not started:
+                await send({"type": "http.response.start", "status": CLIENT_CLOSED_REQUEST})
+                await send({"type": "http.response.body", "body": b""})
         except Exception:
             if started:
                 raise
