@@ -202,3 +202,14 @@ def test_rescore_scores_open_evidence_of_an_earlier_model_again(api_server: ApiS
     # Nothing is left to score again: a second run changes nothing.
     again = CliRunner().invoke(app, ["evidence", "rescore"], env=env)
     assert again.exit_code == 0 and "0 open claims scored again" in again.output
+
+
+def test_the_rehash_help_names_every_kind_of_window_stored_today() -> None:
+    """`triage evidence rehash --help` says what it stores: crops, mirror images, quarter turns
+    and, since session 11, tilts; a stale list would let an operator think tilted copies need no
+    rehash."""
+    result = CliRunner().invoke(app, ["evidence", "rehash", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.replace("│", " ").split())
+    for kind in ("crops", "mirror images", "quarter turns", "tilts"):
+        assert kind in text, kind

@@ -17,8 +17,8 @@ evidence_app = typer.Typer(help="Maintain stored evidence.", no_args_is_help=Tru
 @evidence_app.command("rehash")
 def rehash() -> None:
     """Hash every evidence photo stored by an older release again under all of today's windows
-    (crops, mirror images, quarter turns), so the duplicate checks find its copies too. Safe to
-    interrupt and run again; restart the service afterwards to load the new hashes."""
+    (crops, mirror images, quarter turns, tilts), so the duplicate checks find its copies too.
+    Safe to interrupt and run again; restart the service afterwards to load the new hashes."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
