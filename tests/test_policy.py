@@ -13,6 +13,7 @@ from service.policy import (
     PolicyConfig,
     PriorityWeights,
     Triage,
+    raised_for_photos,
     reasons_for_buyer,
     triage_claim,
 )
@@ -278,6 +279,24 @@ def test_wrong_item_support_is_the_mean_mismatch_of_the_claims_photos():
     alone = triage(claim("wrong_item", photo(1, 0.0, 0.9), photo(2, 0.0, None)))
     assert alone.support == pytest.approx(0.9)  # a photo without a listing to compare: left out
     assert "mismatch 0.90 on photo 1" in alone.reasons
+
+
+@pytest.mark.parametrize(
+    ("threshold", "photos", "expected"),
+    [(0.8, 1, 0.8), (0.8, 0, 0.8), (0.8, 4, 8 / 9), (0.5, 4, 2 / 3), (0.5, 9, 0.75)],
+)
+def test_raised_for_photos_known_values(threshold, photos, expected):
+    assert raised_for_photos(threshold, photos) == pytest.approx(expected)
+
+
+def test_a_damage_claim_of_several_photos_needs_more_to_be_fast_tracked():
+    """Each intact photo is another chance to reach the threshold by mistake: with two photos
+    the fast track needs damage odds sqrt(2) times the card's (0.8 -> 0.85)."""
+    assert triage(claim("damaged", photo(1, 0.84, 0.01))).lane == "fast_track"
+    two = triage(claim("damaged", photo(1, 0.84, 0.01), photo(2, 0.1, 0.01)))
+    assert two.lane == "needs_review"
+    assert "damage 0.84 on photo 1" in two.reasons
+    assert triage(claim("damaged", photo(1, 0.86, 0.01), photo(2, 0.1, 0.01))).lane == "fast_track"
 
 
 def test_unknown_reason_is_refused():
