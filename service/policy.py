@@ -267,8 +267,9 @@ def raised_for_photos(threshold: float, photos: int) -> float:
     photo, and the more photos, the more chances that an intact one reaches the card's
     threshold (4 intact photos reached it 3.7 % of the time on validation, one 1.1 %). Raising
     the odds n-fold held that at one photo's rate but lost too many true claims; sqrt(n) keeps
-    both (docs/engine.md, "Damage claims of several photos", session 11)."""
-    if photos <= 1:
+    both (docs/engine.md, "Damage claims of several photos", session 11). A threshold of 1
+    (pinned to keep damage claims off the fast track) has no odds to raise and stays 1."""
+    if photos <= 1 or threshold >= 1.0:
         return threshold
     odds = threshold / (1.0 - threshold) * math.sqrt(photos)
     return odds / (1.0 + odds)

@@ -283,7 +283,16 @@ def test_wrong_item_support_is_the_mean_mismatch_of_the_claims_photos():
 
 @pytest.mark.parametrize(
     ("threshold", "photos", "expected"),
-    [(0.8, 1, 0.8), (0.8, 0, 0.8), (0.8, 4, 8 / 9), (0.5, 4, 2 / 3), (0.5, 9, 0.75)],
+    [
+        (0.8, 1, 0.8),
+        (0.8, 0, 0.8),
+        (0.8, 4, 8 / 9),
+        (0.5, 4, 2 / 3),
+        (0.5, 9, 0.75),
+        # the ends of the scale stay where they are (1.0 pinned: no damage fast track at all)
+        (1.0, 4, 1.0),
+        (0.0, 4, 0.0),
+    ],
 )
 def test_raised_for_photos_known_values(threshold, photos, expected):
     assert raised_for_photos(threshold, photos) == pytest.approx(expected)
@@ -297,6 +306,13 @@ def test_a_damage_claim_of_several_photos_needs_more_to_be_fast_tracked():
     assert two.lane == "needs_review"
     assert "damage 0.84 on photo 1" in two.reasons
     assert triage(claim("damaged", photo(1, 0.86, 0.01), photo(2, 0.1, 0.01))).lane == "fast_track"
+
+
+def test_damage_high_pinned_to_one_is_triaged_with_several_photos():
+    """1.0 is a valid pin (next to no damage claim fast-tracked); the raise must not divide by 0."""
+    pinned = PolicyConfig(damage_high=1.0).for_card(CARD_THRESHOLDS)
+    result = triage(claim("damaged", photo(1, 0.99), photo(2, 0.1)), pinned)
+    assert (result.support, result.lane) == (0.99, "needs_review")
 
 
 def test_unknown_reason_is_refused():
