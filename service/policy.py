@@ -78,7 +78,13 @@ class PolicyConfig(BaseModel):
     deadline_reason_days: NonNegativeFloat = Field(
         5, description="Reasons mention the deadline once it is this close."
     )
-    damage_high: float | None = Field(None, ge=0, le=1, description="Default: the model card's.")
+    damage_high: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Default: the model card's. A damage claim's fast track is raised from it "
+        "with the number of photos (raised_for_photos), pinned or not.",
+    )
     damage_low: float | None = Field(None, ge=0, le=1, description="Default: the model card's.")
     mismatch_high: float | None = Field(None, ge=0, le=1, description="Default: the model card's.")
     mismatch_low: float | None = Field(None, ge=0, le=1, description="Default: the model card's.")
@@ -295,10 +301,18 @@ def _support(facts: ClaimFacts, thresholds: _Thresholds, config: PolicyConfig) -
             f"photo {photo.index} may not show the listed item (mismatch {photo.mismatch:.2f})"
             for photo in doubted
         ]
+        high = raised_for_photos(thresholds.damage_high, len(pool))
+        # Damage the card calls likely, held back only by the number of photos: say so, or the
+        # reviewer sees a high score and no fast track with nothing to explain it.
+        raised = (
+            (f"fast track needs damage {high:.2f} with {len(pool)} photos",)
+            if thresholds.damage_high <= damage < high
+            else ()
+        )
         return _Support(
             damage,
-            (f"damage {damage:.2f} on photo {best.index}", *doubts),
-            raised_for_photos(thresholds.damage_high, len(pool)),
+            (f"damage {damage:.2f} on photo {best.index}", *doubts, *raised),
+            high,
             thresholds.damage_low,
             off_listing=off(best),
         )

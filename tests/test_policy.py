@@ -308,6 +308,35 @@ def test_a_damage_claim_of_several_photos_needs_more_to_be_fast_tracked():
     assert triage(claim("damaged", photo(1, 0.86, 0.01), photo(2, 0.1, 0.01))).lane == "fast_track"
 
 
+@pytest.mark.parametrize(
+    ("photos", "lane", "bar_reason"),
+    [
+        # damage 0.85 reaches the card's 0.8 but not the 0.89 of 4 photos: the reviewer is told
+        (
+            (photo(1, 0.85), photo(2, 0.1), photo(3, 0.1), photo(4, 0.1)),
+            "needs_review",
+            "fast track needs damage 0.89 with 4 photos",
+        ),
+        # blocked and off-listing photos are not among those the support is taken from
+        (
+            (photo(1, 0.84), photo(2, 0.1), photo(3, 0.9, None, DARK_BLOCKER), photo(4, 0.9, 0.9)),
+            "needs_review",
+            "fast track needs damage 0.85 with 2 photos",
+        ),
+        # below the card's own threshold, or fast-tracked: nothing to explain
+        ((photo(1, 0.7), photo(2, 0.1)), "needs_review", None),
+        ((photo(1, 0.95), photo(2, 0.1)), "fast_track", None),
+        ((photo(1, 0.85),), "fast_track", None),
+    ],
+)
+def test_the_reasons_say_when_several_photos_raised_the_fast_track_bar(photos, lane, bar_reason):
+    """A reviewer who sees damage above the card's threshold and no fast track is told why."""
+    result = triage(claim("damaged", *photos))
+    assert result.lane == lane
+    bar = [reason for reason in result.reasons if reason.startswith("fast track needs")]
+    assert bar == ([bar_reason] if bar_reason else [])
+
+
 def test_damage_high_pinned_to_one_is_triaged_with_several_photos():
     """1.0 is a valid pin (next to no damage claim fast-tracked); the raise must not divide by 0."""
     pinned = PolicyConfig(damage_high=1.0).for_card(CARD_THRESHOLDS)
