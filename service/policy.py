@@ -43,6 +43,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, NonNegativeFloat, PositiveInt
 
 Sufficiency = Literal["ok", "weak", "insufficient"]
+# The reason that says a damage claim's photo count raised its fast-track bar (reviewers only).
+FAST_TRACK_BAR_REASON = "fast track needs damage "
 Lane = Literal["fast_track", "needs_review", "suspicious", "needs_more_evidence"]
 DAMAGE_REASONS = ("damaged", "defective")
 MISMATCH_REASONS = ("wrong_item", "not_as_described")
@@ -305,7 +307,7 @@ def _support(facts: ClaimFacts, thresholds: _Thresholds, config: PolicyConfig) -
         # Damage the card calls likely, held back only by the number of photos: say so, or the
         # reviewer sees a high score and no fast track with nothing to explain it.
         raised = (
-            (f"fast track needs damage {high:.2f} with {len(pool)} photos",)
+            (f"{FAST_TRACK_BAR_REASON}{high:.2f} with {len(pool)} photos",)
             if thresholds.damage_high <= damage < high
             else ()
         )
@@ -357,9 +359,12 @@ def _reuse_reason(index: int, claim_id: str | None) -> str:
 
 def reasons_for_buyer(reasons: Sequence[str]) -> list[str]:
     """`reasons` as the claim's buyer may read them: other claims are not named (a photo that
-    repeats photos of two claims is one line), everything else as it is."""
+    repeats photos of two claims is one line), the raised fast-track bar is left out (it would
+    tell a buyer that fewer photos clear it more easily), everything else as it is."""
     shown: list[str] = []
     for reason in reasons:
+        if reason.startswith(FAST_TRACK_BAR_REASON):
+            continue
         anonymous = _NAMED_REUSE.sub(r"\1 another claim", reason)
         if anonymous not in shown:
             shown.append(anonymous)
