@@ -10,6 +10,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -453,6 +454,45 @@ def test_filters_and_paging_follow_the_api(
     assert rendered_queue(page) == wanted
 
 
+@contextmanager
+def server_with_one_claim(
+    model_dir: Path, data_dir: Path, photo_jpeg: bytes, *, tag: str
+) -> Iterator[tuple[ApiServer, str, dict[str, Any]]]:
+    """A server of its own (SQLite under `data_dir`, the model in `model_dir`) with one damaged
+    claim and one photo as its evidence: (server, a reviewer key, the upload's response)."""
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'triage.sqlite3'}",
+        model_dir=model_dir,
+        limits=TEST_LIMITS,
+    )
+    with run_api_server(settings) as alone:
+        admin, buyer, reviewer = (
+            alone.create_key(role, role.value) for role in (Role.admin, Role.buyer, Role.reviewer)
+        )
+        with alone.client(admin) as as_admin, alone.client(buyer) as as_buyer:
+            listing = _created(as_admin.post("/v1/listings", json={"title": "Mug"}))
+            claim = _created(
+                as_buyer.post(
+                    "/v1/claims",
+                    json={
+                        "listing_id": listing["listing_id"],
+                        "order_ref": f"ORD-{tag.upper()}",
+                        "reason": "damaged",
+                        "resolution": "full_refund",
+                    },
+                    headers={"Idempotency-Key": f"web-{tag}"},
+                )
+            )
+            evidence = _created(
+                as_buyer.post(
+                    f"/v1/claims/{claim['claim_id']}/evidence",
+                    files=[("files", ("photo.jpg", photo_jpeg, "image/jpeg"))],
+                )
+            )
+        yield alone, reviewer, evidence
+
+
 # Damage bands unlike the page's fixed 0.3 / 0.8: the tiny model scores a pure red patch between
 # 0.9 and its ceiling sigmoid(6.68 / 1.5) = 0.9886, "high" for the fixed bands, "mid" for these.
 BANDED_THRESHOLDS = {**TINY_CARD["thresholds"], "damage_low": 0.9, "damage_high": 0.99}
@@ -469,39 +509,11 @@ def test_score_bands_and_the_disclosure_follow_the_model_card(
         tmp_path / "banded-model",
         card_overrides={"thresholds": BANDED_THRESHOLDS, "limitations": BANDED_LIMITATIONS},
     )
-    data_dir = tmp_path / "data"
-    settings = Settings(
-        data_dir=data_dir,
-        database_url=f"sqlite:///{data_dir / 'triage.sqlite3'}",
-        model_dir=model_dir,
-        limits=TEST_LIMITS,
-    )
     photo = textured_image(seed=7)
     ImageDraw.Draw(photo).rectangle((200, 140, 440, 380), fill=(255, 0, 0))
-    with run_api_server(settings) as banded:
-        admin, buyer, reviewer = (
-            banded.create_key(role, role.value) for role in (Role.admin, Role.buyer, Role.reviewer)
-        )
-        with banded.client(admin) as as_admin, banded.client(buyer) as as_buyer:
-            listing = _created(as_admin.post("/v1/listings", json={"title": "Red mug"}))
-            claim = _created(
-                as_buyer.post(
-                    "/v1/claims",
-                    json={
-                        "listing_id": listing["listing_id"],
-                        "order_ref": "ORD-BANDS",
-                        "reason": "damaged",
-                        "resolution": "full_refund",
-                    },
-                    headers={"Idempotency-Key": "web-bands"},
-                )
-            )
-            evidence = _created(
-                as_buyer.post(
-                    f"/v1/claims/{claim['claim_id']}/evidence",
-                    files=[("files", ("red.jpg", encode(photo, quality=92), "image/jpeg"))],
-                )
-            )
+    with server_with_one_claim(
+        model_dir, tmp_path / "data", encode(photo, quality=92), tag="bands"
+    ) as (banded, reviewer, evidence):
         damage = evidence["data"][0]["damage"]
         assert BANDED_THRESHOLDS["damage_low"] < damage < BANDED_THRESHOLDS["damage_high"]
 
@@ -753,37 +765,9 @@ def test_the_page_keeps_to_its_content_security_policy(
     """The page is served with a policy that refuses inline styles and scripts and anything from
     elsewhere: with a claim's photo and score meters on screen, nothing was refused and the
     meters still have their widths. (A server of its own: one claim, the first in its queue.)"""
-    data_dir = tmp_path / "data"
-    settings = Settings(
-        data_dir=data_dir,
-        database_url=f"sqlite:///{data_dir / 'triage.sqlite3'}",
-        model_dir=tiny_model_dir,
-        limits=TEST_LIMITS,
-    )
-    with run_api_server(settings) as alone:
-        admin, buyer, reviewer = (
-            alone.create_key(role, role.value) for role in (Role.admin, Role.buyer, Role.reviewer)
-        )
-        with alone.client(admin) as as_admin, alone.client(buyer) as as_buyer:
-            listing = _created(as_admin.post("/v1/listings", json={"title": "Mug"}))
-            claim = _created(
-                as_buyer.post(
-                    "/v1/claims",
-                    json={
-                        "listing_id": listing["listing_id"],
-                        "order_ref": "ORD-CSP",
-                        "reason": "damaged",
-                        "resolution": "replacement",
-                    },
-                    headers={"Idempotency-Key": "web-csp"},
-                )
-            )
-            _created(
-                as_buyer.post(
-                    f"/v1/claims/{claim['claim_id']}/evidence",
-                    files=[("files", ("p.jpg", encode(textured_image(seed=9)), "image/jpeg"))],
-                )
-            )
+    with server_with_one_claim(
+        tiny_model_dir, tmp_path / "data", encode(textured_image(seed=9)), tag="csp"
+    ) as (alone, reviewer, _):
         context = browser.new_context()
         context.add_init_script(
             "window.refused = [];"
