@@ -116,7 +116,14 @@ def store_evidence(
         ) from None
     finally:
         runtime.settle_pending_evidence(upload_id, assessments, refs, recorded=recorded)
-    data = [views.assessment_public(row) for row in rows if row.photo_id in uploaded]
+    return _evidence_public(claim_id, rows, uploaded, triage)
+
+
+def _evidence_public(
+    claim_id: str, rows: list[ClaimPhoto], photo_ids: set[str], triage: schemas.TriagePublic
+) -> schemas.EvidencePublic:
+    """The upload response: the assessments of the photos this upload named."""
+    data = [views.assessment_public(row) for row in rows if row.photo_id in photo_ids]
     return schemas.EvidencePublic(claim_id=claim_id, data=data, count=len(data), triage=triage)
 
 
@@ -128,8 +135,7 @@ def _stored_evidence(
         claim = load_claim(session, claim_id, key)
         rows = crud.claim_photos(session, claim_id=claim_id)
         triage = views.triage_public(claim, runtime.policy, viewer=key.role)
-    data = [views.assessment_public(row) for row in rows if row.photo_id in photo_ids]
-    return schemas.EvidencePublic(claim_id=claim_id, data=data, count=len(data), triage=triage)
+    return _evidence_public(claim_id, rows, photo_ids, triage)
 
 
 def _record_evidence(
