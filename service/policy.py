@@ -124,8 +124,12 @@ class PhotoFacts:
         return frozenset(code for code, _ in self.issues)
 
     @property
+    def blocked(self) -> bool:
+        return any(severity == "blocker" for _, severity in self.issues)
+
+    @property
     def usable(self) -> bool:
-        return self.damage is not None and all(severity != "blocker" for _, severity in self.issues)
+        return self.damage is not None and not self.blocked
 
     @property
     def clean(self) -> bool:
@@ -236,13 +240,11 @@ def _thresholds(config: PolicyConfig) -> _Thresholds:
 
 
 def _no_usable_photo(photos: Sequence[PhotoFacts]) -> str:
-    """Why none of `photos` is usable: quality blockers, or no score at all (a photo the batch
-    job could not read or score), so that a claim whose files are missing does not read as a
-    claim of bad photos."""
-    blocked = sum(any(severity == "blocker" for _, severity in p.issues) for p in photos)
-    unscored = sum(
-        p.damage is None and all(severity != "blocker" for _, severity in p.issues) for p in photos
-    )
+    """Why none of `photos` (none of them usable) is usable: quality blockers, or no score at
+    all (a photo the batch job could not read or score), so that a claim whose files are missing
+    does not read as a claim of bad photos."""
+    blocked = sum(photo.blocked for photo in photos)
+    unscored = len(photos) - blocked  # not blocked, not usable: no damage score
     if blocked == len(photos):
         return f"no usable photo: all {blocked} blocked by quality"
     if unscored == len(photos):
